@@ -1,0 +1,44 @@
+"""Helpers shared by the benchmark scripts: interleaved timing and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def interleaved_medians(fns: dict[str, Callable[[], None]], rounds: int, reps: int, warmup: int = 2) -> dict:
+    """Time each callable ``reps`` times per round, rotating the order every round so drift on a noisy
+    machine hits every variant alike. Returns per-variant median seconds and all samples."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fns[name]()
+                samples[name].append(time.perf_counter() - t0)
+    return {k: {"median_s": statistics.median(v), "samples_s": [round(x, 5) for x in v]} for k, v in samples.items()}
+
+
+def machine() -> dict:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
+            platform.machine(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path

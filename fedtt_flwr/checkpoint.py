@@ -1,0 +1,70 @@
+"""Adapter files: the travelling tensors in one safetensors file, with what is needed to rebuild the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .adapters import add_tt_adapters, get_adapter_state, set_adapter_state
+from .config import TTAdapterConfig
+from .models import load_model
+
+FORMAT = "fedtt-flwr/adapter/v1"
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``get_adapter_state(model)`` plus the adapter config and base-model description to ``path``
+    (atomically: a temporary file renamed into place). ``extra`` lands in the metadata as JSON."""
+    config = getattr(model, "fedtt_config", None)
+    if config is None:
+        raise ValueError("this model has no TT adapters: nothing to save")
+    source = getattr(model, "fedtt_source", {})
+    meta = {
+        "format": FORMAT,
+        "adapter_config": config.model_dump_json(),
+        "source": json.dumps(source),
+        "extra": json.dumps(extra),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in get_adapter_state(model).items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict, TTAdapterConfig, dict[str, Any]]:
+    """``(state, config, source)`` from an adapter file; a file of another kind is a clear error."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a fedtt-flwr adapter file (format={meta.get('format')!r})")
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    config = TTAdapterConfig.model_validate_json(meta["adapter_config"])
+    return state, config, json.loads(meta["source"])
+
+
+def load_adapted_model(
+    path: str | os.PathLike, base_model: str | None = None, device: str | None = None
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Re-create the fine-tuned model: load the base model, add adapters with the saved config, and load
+    the saved tensors. ``base_model`` overrides the name stored in the file (e.g. a local copy)."""
+    state, config, source = read_adapter(path)
+    name = base_model or source.get("model")
+    if not name:
+        raise ValueError(f"{path} does not name its base model: pass base_model=")
+    model, tokenizer = load_model(
+        name, source.get("task_kind", "classification"), num_labels=source.get("num_labels", 2)
+    )
+    add_tt_adapters(model, config)
+    set_adapter_state(model, state)
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer

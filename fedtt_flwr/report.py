@@ -1,0 +1,103 @@
+"""Parameter and communication report: TT adapters next to LoRA on query/value, before any training.
+
+Bytes are counted the way Flower counts them (``ArrayRecord.count_bytes()``: serialized array bytes
+plus key bytes), on zero arrays of the right shapes, so models built on the meta device work too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from torch import nn
+
+from .adapters import add_tt_adapters, count_parameters, tt_layers, tt_param_names
+from .config import TaskKind, TTAdapterConfig
+from .models import build_empty_model
+
+_LORA_FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """peft's default LoRA targets for this architecture (query and value projections)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+    model_type = model.config.model_type
+    targets = mapping.get(model_type) or _LORA_FALLBACK_TARGETS.get(model_type)
+    if not targets:
+        raise ValueError(f"no default LoRA targets known for model_type {model_type!r}")
+    return list(targets)
+
+
+def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32") -> int:
+    """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes."""
+    record = ArrayRecord({k: Array(np.zeros(s, dtype=dtype)) for k, s in shapes.items()})
+    return record.count_bytes()
+
+
+def lora_shapes(model: nn.Module, rank: int, targets: list[str]) -> dict[str, tuple[int, ...]]:
+    """The LoRA A (r x in) and B (out x r) shapes peft would create on the target linears."""
+    pattern = re.compile(r"(^|\.)(" + "|".join(map(re.escape, targets)) + r")$")
+    shapes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and pattern.search(name):
+            shapes[f"{name}.lora_A.weight"] = (rank, m.in_features)
+            shapes[f"{name}.lora_B.weight"] = (m.out_features, rank)
+    return shapes
+
+
+def param_report(
+    model_name: str,
+    rank: int = 5,
+    lora_rank: int = 8,
+    task_kind: TaskKind = "classification",
+    num_labels: int = 2,
+    adapter_config: TTAdapterConfig | None = None,
+) -> dict:
+    """Trainable parameters and bytes per round (one client, one direction) of TT adapters and LoRA."""
+    cfg = adapter_config or TTAdapterConfig(rank=rank)
+    model = build_empty_model(model_name, task_kind, num_labels)
+    targets = lora_targets(model)
+    lora = lora_shapes(model, lora_rank, targets)
+    add_tt_adapters(model, cfg)
+    params = dict(model.named_parameters())
+    tt_state = {n: tuple(params[n].shape) for n in model.fedtt_state_names}
+    counts = count_parameters(model)
+    layers = tt_layers(model)
+    tt_names = tt_param_names(model)
+    head = {n: s for n, s in tt_state.items() if n not in tt_names}
+    lora_params = sum(int(np.prod(s)) for s in lora.values())
+    head_params = sum(int(np.prod(s)) for s in head.values())
+    tt_bytes = serialized_bytes(tt_state)
+    lora_bytes = serialized_bytes({**lora, **head})
+    cfg_model = model.config
+    return {
+        "model": model_name,
+        "model_type": cfg_model.model_type,
+        "hidden_size": cfg_model.hidden_size,
+        "num_layers": cfg_model.num_hidden_layers,
+        "backbone_params": counts["total"] - counts["travelling"],
+        "tt": {
+            "rank": cfg.rank,
+            "bottleneck": cfg.bottleneck,
+            "tt_layers": len(layers),
+            "shapes": sorted({str(list(layer.shape)) for layer in layers.values()}),
+            "core_params": counts["tt_cores"],
+            "bias_params": counts["tt_biases"],
+            "head_params": head_params,
+            "trainable_params": counts["travelling"],
+            "bytes_per_round": tt_bytes,
+        },
+        "lora": {
+            "rank": lora_rank,
+            "targets": targets,
+            "adapter_params": lora_params,
+            "head_params": head_params,
+            "trainable_params": lora_params + head_params,
+            "bytes_per_round": lora_bytes,
+        },
+        "lora_over_tt_params": round((lora_params + head_params) / counts["travelling"], 3),
+        "lora_over_tt_bytes": round(lora_bytes / tt_bytes, 3),
+        "note": "bytes_per_round: serialized fp32 arrays one client sends up in one round (the same comes down)",
+    }

@@ -1,0 +1,110 @@
+"""Tokenization, local training steps and evaluation for sequence classification.
+
+The same functions serve the centralized fine-tune (``fedtt-flwr finetune``) and the ClientApp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from .data import compute_metrics
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """Token ids for ``text_a`` (and ``text_b`` where a task has pairs), truncated to ``max_length``."""
+    pairs = any(dataset["text_b"][:50])
+
+    def encode(batch: dict) -> dict:
+        args = (batch["text_a"], batch["text_b"]) if pairs else (batch["text_a"],)
+        return tokenizer(*args, truncation=True, max_length=max_length)
+
+    return dataset.map(encode, batched=True, remove_columns=["text_a", "text_b"])
+
+
+def make_loader(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    """Batches padded to the longest sequence in the batch (not to ``max_length``: much faster on CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset.with_format("torch"),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+    )
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def cycle(loader: DataLoader) -> Iterator[dict]:
+    """Endless batches: local training counts optimizer steps, not epochs."""
+    return itertools.chain.from_iterable(itertools.repeat(loader))
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterator[dict],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    log_every: int = 0,
+    max_grad_norm: float | None = 1.0,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, float]:
+    """Run ``steps`` optimizer steps; return the mean training loss and the number of examples seen."""
+    model.train()
+    losses, seen, t0 = [], 0, time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in range(1, steps + 1):
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        with _autocast(device, amp_dtype):
+            loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+        seen += batch["labels"].shape[0]
+        if log_every and step % log_every == 0:
+            rate = step / (time.perf_counter() - t0)
+            print(f"  step {step}/{steps}  loss {np.mean(losses[-log_every:]):.4f}  {rate:.2f} steps/s", flush=True)
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "num_examples": seen}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Task metrics (and mean loss) on a labelled loader."""
+    model.eval()
+    preds, labels, losses = [], [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device, amp_dtype):
+            out = model(**batch)
+        losses.append(out.loss.float().item() * batch["labels"].shape[0])
+        preds.append(out.logits.float().argmax(-1).cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+    p, y = np.concatenate(preds), np.concatenate(labels)
+    return {**compute_metrics(task, p, y), "loss": float(np.sum(losses) / max(len(y), 1)), "num_examples": len(y)}

@@ -1,0 +1,77 @@
+"""Shared fixtures: offline hub, tiny model configs of every supported family."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    DebertaV2Config,
+    DistilBertConfig,
+    ElectraConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
+
+_ENC = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99,
+            max_position_embeddings=64)
+_DEC = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=48, vocab_size=99, max_position_embeddings=64)
+
+ENCODER_CONFIGS = {
+    "bert": lambda: BertConfig(**_ENC),
+    "roberta": lambda: RobertaConfig(**_ENC, pad_token_id=1),
+    "xlm-roberta": lambda: XLMRobertaConfig(**_ENC, pad_token_id=1),
+    "electra": lambda: ElectraConfig(**_ENC, embedding_size=32),
+    "deberta-v2": lambda: DebertaV2Config(**_ENC, pooler_hidden_size=32),
+    "distilbert": lambda: DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=99,
+                                           max_position_embeddings=64),
+}
+DECODER_CONFIGS = {
+    "llama": lambda: LlamaConfig(**_DEC),
+    "mistral": lambda: MistralConfig(**_DEC),
+    "qwen2": lambda: Qwen2Config(**_DEC),
+}
+DATA_DIR = ROOT.parent / "shared" / "data"
+
+
+def tiny_model(family: str, task_kind: str = "auto", num_labels: int = 2, seed: int = 0):
+    """A randomly initialised tiny model of a family: a classifier for encoders, a causal LM for decoders."""
+    torch.manual_seed(seed)
+    if family in ENCODER_CONFIGS:
+        cfg = ENCODER_CONFIGS[family]()
+        kind = "classification" if task_kind == "auto" else task_kind
+    else:
+        cfg = DECODER_CONFIGS[family]()
+        kind = "causal-lm" if task_kind == "auto" else task_kind
+    if kind == "classification":
+        cfg.num_labels = num_labels
+        if cfg.pad_token_id is None:
+            cfg.pad_token_id = 0
+        return AutoModelForSequenceClassification.from_config(cfg).eval()
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"needs the benchmark data folder {DATA_DIR} (absent on this machine)")
+    return DATA_DIR

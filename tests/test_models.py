@@ -1,0 +1,83 @@
+"""The two offline models, for real, and adapter files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedtt_flwr import TTAdapterConfig, add_tt_adapters, get_adapter_state, load_model
+from fedtt_flwr.adapters import AdaptedLinear
+from fedtt_flwr.checkpoint import load_adapted_model, read_adapter, save_adapter
+
+
+def _check_real(model, tokenizer, text, per_block):
+    inputs = tokenizer([text, text + " again"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    add_tt_adapters(model, TTAdapterConfig(scaling=0.0))
+    blocks = model.config.num_hidden_layers
+    assert sum(isinstance(m, AdaptedLinear) for m in model.modules()) == per_block * blocks
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(model.fedtt_state_names)
+    assert all(".adapter." in n or n.startswith("classifier.") for n in trainable)
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, before, atol=1e-5)
+
+
+def test_minilm_loads_offline_and_takes_adapters():
+    model, tokenizer = load_model("minilm", "classification", num_labels=3)
+    assert model.config.model_type == "bert" and model.config.hidden_size == 384
+    assert model.classifier.out_features == 3
+    # the pooler comes from the checkpoint (frozen); only the classifier is new
+    assert set(model.fedtt_new_params) == {"classifier.weight", "classifier.bias"}
+    _check_real(model, tokenizer, "a gripping, funny film", per_block=2)
+
+
+def test_smollm2_loads_offline_and_takes_adapters():
+    model, tokenizer = load_model("smollm2-135m", "causal-lm")
+    assert model.config.model_type == "llama" and model.config.hidden_size == 576
+    assert tokenizer.pad_token is not None
+    _check_real(model, tokenizer, "The capital of France is", per_block=3)
+    assert not any(p.requires_grad for p in model.lm_head.parameters())
+
+
+def test_adapter_file_recreates_the_model(tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = load_model("minilm", "classification", num_labels=2)
+    add_tt_adapters(model, TTAdapterConfig(rank=3))
+    model.eval()
+    path = save_adapter(model, tmp_path / "a" / "adapter.safetensors", task="sst2")
+    state, config, source = read_adapter(path)
+    assert config.rank == 3 and source == {"model": "minilm", "task_kind": "classification", "num_labels": 2}
+    assert set(state) == set(get_adapter_state(model))
+    again, tok2 = load_adapted_model(path)
+    inputs = tokenizer(["not bad at all"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(again(**inputs).logits, model(**inputs).logits, atol=1e-6)
+
+
+def test_not_an_adapter_file_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a fedtt-flwr adapter file"):
+        read_adapter(tmp_path / "other.safetensors")
+
+
+def test_unknown_model_offline_is_a_clear_error():
+    with pytest.raises(OSError, match="could not load model 'no-such/model-xyz'"):
+        load_model("no-such/model-xyz")
+    with pytest.raises(ValueError, match="task_kind"):
+        load_model("minilm", "regression")
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("minilm", dtype="float8")
+
+
+def test_bf16_backbone_keeps_fp32_adapters():
+    model, tokenizer = load_model("minilm", dtype="bfloat16")
+    add_tt_adapters(model)
+    assert model.bert.encoder.layer[0].output.dense.base_layer.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if ".adapter." in n)
+    with torch.no_grad():
+        out = model(**tokenizer(["fine"], return_tensors="pt")).logits
+    assert torch.isfinite(out).all()
