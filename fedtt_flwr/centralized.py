@@ -33,6 +33,7 @@ class FinetuneConfig(BaseModel):
     lr: float = Field(3e-3, gt=0)
     rank: int = Field(5, ge=1)
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, then linear decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs"
@@ -57,7 +58,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     print(f"fine-tuning {cfg.model} on {cfg.task}: {len(train)} examples, {steps} steps, device {device}", flush=True)
     t0 = time.perf_counter()
     stats = train_steps(model, cycle(train_loader), optimizer, steps, device,
-                        log_every=max(steps // 10, 1), scheduler=scheduler)
+                        log_every=max(steps // 10, 1), scheduler=scheduler,
+                        max_grad_norm=cfg.max_grad_norm or None)
     train_s = time.perf_counter() - t0
     metrics = evaluate(model, dev_loader, cfg.task, device)
     out = Path(cfg.output_dir).resolve() / f"finetune-{cfg.model}-{cfg.task}-r{cfg.rank}-s{cfg.seed}"

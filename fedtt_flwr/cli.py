@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float)
     f.add_argument("--rank", type=int)
     f.add_argument("--warmup", type=float)
+    f.add_argument("--max-grad-norm", type=float)
     f.add_argument("--seed", type=int)
     f.add_argument("--device")
     f.add_argument("--output-dir")

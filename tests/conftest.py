@@ -75,3 +75,12 @@ def shared_data() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"needs the benchmark data folder {DATA_DIR} (absent on this machine)")
     return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def flower_task_identity():
+    """Creating instruction Messages outside a Flower runtime needs a task identity (internal API)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
+    yield

@@ -1,0 +1,278 @@
+"""FedTT and FedTT+ as Flower strategies that wrap any strategy doing the averaging.
+
+``FedTT(inner)`` keeps the full global ArrayRecord on the server, sends only the adapter tensors (TT
+cores, adapter biases, head), lets ``inner`` (FedAvg by default; FedAdam, FedProx, FedMedian, a DP
+wrapper, ...) aggregate exactly those, and merges the result back. ``FedTTPlus`` adds the FedTT+
+freezing schedule: per round only some cores of every TT layer train and travel up; the rest stay
+bit-identical on the server.
+
+Message protocol (what a ClientApp sees):
+
+- ``content["arrays"]``: the tensors that train this round (the inner strategy sees only these);
+- ``content["fedtt-sync"]`` (FedTT+ only, when not empty): frozen tensors the node needs to bring its
+  copy of the global adapters up to date (all of them, or with ``sync="delta"`` only those changed
+  since the node last synchronised);
+- ``content["config"]["fedtt-plan"]``: the round's core plan (``strategies.schedules.encode_plan``).
+
+A client replies with exactly the tensors of ``content["arrays"]``, trained, plus a MetricRecord
+holding ``num-examples``. Pure numpy/Flower: no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Literal
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from .schedules import AllSchedule, Schedule, cores_per_layer, encode_plan, plan_for_round, trainable_names
+
+#: Names of the tensors that travel by default: TT cores, everything inside an adapter, and common
+#: task-head names. Pass ``include=`` for other naming schemes.
+DEFAULT_INCLUDE = r"(^|\.)core_\d+$|\.adapter\.|^(classifier|score|pre_classifier)\."
+SYNC_KEY = "fedtt-sync"
+PLAN_KEY = "fedtt-plan"
+
+Include = str | Callable[[str], bool] | Iterable[str] | None
+
+
+def _matcher(include: Include) -> Callable[[str], bool]:
+    if include is None:
+        include = DEFAULT_INCLUDE
+    if isinstance(include, str):
+        pattern = re.compile(include)
+        return lambda name: pattern.search(name) is not None
+    if callable(include):
+        return include
+    names = set(include)
+    return names.__contains__
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Serialized array bytes of a message's content (Flower's ``ArrayRecord.count_bytes``)."""
+    return sum(rec.count_bytes() for rec in content.array_records.values())
+
+
+def _subset(arrays: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
+    return ArrayRecord({n: arrays[n] for n in names})
+
+
+class FedTT(Strategy):
+    """Exchange and aggregate only the adapter tensors; ``inner`` does the averaging.
+
+    Parameters
+    ----------
+    inner : Strategy, optional
+        The strategy that aggregates (default ``FedAvg()``). It only ever sees the travelling tensors.
+    include : regex, predicate or list of names, optional
+        Which tensors of the global ArrayRecord travel (default: :data:`DEFAULT_INCLUDE`). Everything
+        else stays on the server, unchanged.
+    """
+
+    def __init__(self, inner: Strategy | None = None, include: Include = None) -> None:
+        self.inner = inner if inner is not None else FedAvg()
+        self.include = _matcher(include)
+        self.schedule: Schedule = AllSchedule()
+        self.sync: Literal["full", "delta"] = "full"
+        self._global: ArrayRecord | None = None
+        self._expected: list[str] = []
+        self._travelling: list[str] = []
+        self._version: dict[str, int] = {}
+        self._node_synced: dict[int, dict[str, int]] = {}
+        self._pending: dict[int, dict[str, int]] = {}
+        #: per round: bytes_down, bytes_up, clients, rejected, trainable tensors and the plan
+        self.rounds: dict[int, dict] = {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def arrays_key(self) -> str:
+        return getattr(self.inner, "arrayrecord_key", "arrays")
+
+    @property
+    def config_key(self) -> str:
+        return getattr(self.inner, "configrecord_key", "config")
+
+    def travelling(self, arrays: ArrayRecord) -> list[str]:
+        names = [n for n in arrays if self.include(n)]
+        if not names:
+            raise ValueError(
+                "FedTT: no tensor of the global ArrayRecord matches `include`; nothing would travel "
+                f"(first names: {list(arrays)[:3]})"
+            )
+        return names
+
+    def plan(self, server_round: int, names: list[str]) -> dict[int, list[int]]:
+        return plan_for_round(self.schedule, server_round, cores_per_layer(names).values())
+
+    def _round(self, server_round: int) -> dict:
+        return self.rounds.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "rejected": 0})
+
+    def _track_versions(self, arrays: ArrayRecord) -> None:
+        if self._global is None:
+            self._version = {n: 0 for n in arrays}
+        self._global = arrays
+
+    def _sync_for(self, node_id: int, names: Iterable[str]) -> list[str]:
+        """Frozen tensors this node must receive to be up to date."""
+        if self.sync == "full":
+            return list(names)
+        have = self._node_synced.get(node_id, {})
+        return [n for n in names if have.get(n) != self._version[n]]
+
+    def _finalise(
+        self, messages: Iterable[Message], server_round: int, send: list[str], frozen: list[str]
+    ) -> list[Message]:
+        """Put the tensors to send under the arrays key, attach per-node sync records, remember what
+        each node was sent, and count bytes down."""
+        out = []
+        stats = self._round(server_round)
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            content = RecordDict(dict(msg.content.items()))  # inner strategies share one RecordDict
+            content[self.arrays_key] = _subset(self._global, send)
+            sync = self._sync_for(node, frozen)
+            if sync:
+                content[SYNC_KEY] = _subset(self._global, sync)
+            self._pending[node] = dict(self._version)
+            stats["bytes_down"] += record_bytes(content)
+            out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type,
+                               group_id=msg.metadata.group_id))
+        return out
+
+    def _mark_synced(self, replies: list[Message]) -> None:
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self._node_synced.pop(node, None)  # it may have lost its copy: resend everything next time
+            elif node in self._pending:
+                self._node_synced[node] = self._pending.pop(node)
+
+    def _reject_reason(self, msg: Message) -> str | None:
+        """Why a train reply cannot be aggregated (None if it can)."""
+        arrays = msg.content.array_records
+        if self.arrays_key not in arrays:
+            return f"no ArrayRecord '{self.arrays_key}'"
+        rec = arrays[self.arrays_key]
+        got, want = set(rec.keys()), set(self._expected)
+        if got != want:
+            return f"tensor names differ from the round's (unknown: {sorted(got - want)[:3]}, " \
+                   f"missing: {sorted(want - got)[:3]})"
+        for name in self._expected:
+            arr, ref = rec[name], self._global[name]
+            if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
+                return f"{name}: shape/dtype {tuple(arr.shape)}/{arr.dtype}, expected {tuple(ref.shape)}/{ref.dtype}"
+            if not np.isfinite(arr.numpy()).all():
+                return f"{name}: contains NaN or Inf"
+        return None
+
+    # ------------------------------------------------------------------ Strategy API
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._track_versions(arrays)
+        names = self.travelling(arrays)
+        plan = self.plan(server_round, names)
+        train = trainable_names(names, plan)
+        frozen = [n for n in names if n not in set(train)]
+        self._expected = train
+        config[PLAN_KEY] = encode_plan(plan)
+        stats = self._round(server_round)
+        stats.update(plan=config[PLAN_KEY], trainable=len(train), frozen=len(frozen))
+        # The inner strategy sees every travelling tensor, every round (FedOpt and the DP wrappers keep
+        # per-tensor state); frozen tensors are filled in server-side when the replies come back.
+        self._travelling = names
+        messages = self.inner.configure_train(server_round, _subset(arrays, names), config, grid)
+        messages = self._finalise(messages, server_round, train, frozen)
+        stats["clients"] = len(messages)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        stats = self._round(server_round)
+        valid = []
+        for msg in replies:
+            if msg.has_error():
+                valid.append(msg)  # the inner strategy logs and drops error replies itself
+                continue
+            stats["bytes_up"] += record_bytes(msg.content)
+            reason = self._reject_reason(msg)
+            if reason is None:
+                valid.append(msg)
+            else:
+                stats["rejected"] += 1
+                log(WARNING, "FedTT: rejected the reply of node %s in round %s: %s",
+                    msg.metadata.src_node_id, server_round, reason)
+        self._mark_synced(replies)
+        stats["replies"] = sum(not m.has_error() for m in valid)
+        if stats["replies"] == 0:
+            log(WARNING, "FedTT: no usable reply in round %s; the global adapters stay as they were", server_round)
+            return None, None
+        trained = set(self._expected)
+        for msg in valid:  # canonical order; frozen tensors filled in from the global copy
+            if not msg.has_error():
+                rec = msg.content[self.arrays_key]
+                msg.content[self.arrays_key] = ArrayRecord(
+                    {n: rec[n] if n in trained else self._global[n] for n in self._travelling})
+        agg, metrics = self.inner.aggregate_train(server_round, valid)
+        if agg is None:
+            return None, metrics
+        # frozen tensors keep their exact bits, whatever the inner strategy did to them
+        merged = ArrayRecord({n: (agg[n] if n in trained and n in agg else a) for n, a in self._global.items()})
+        for n in trained:
+            self._version[n] += 1
+        self._global = merged
+        return merged, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._track_versions(arrays)
+        names = self.travelling(arrays)
+        messages = self.inner.configure_evaluate(server_round, _subset(arrays, names), config, grid)
+        if self.sync == "full":
+            return self._finalise(messages, server_round, names, [])
+        return self._finalise(messages, server_round, [], names)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        self._mark_synced(replies)
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        log(INFO, "\t├── %s (schedule %r, sync %s) around:", type(self).__name__, self.schedule, self.sync)
+        self.inner.summary()
+
+
+class FedTTPlus(FedTT):
+    """FedTT+: a server-side freezing schedule; per round only the scheduled cores of every TT layer
+    (by default the first, the last and one intermediate core that advances each round) train and
+    travel up, together with the non-core tensors (adapter biases, head). Frozen cores stay
+    bit-identical on the server.
+
+    ``sync="delta"`` (default) sends a node only the frozen tensors that changed since it last
+    synchronised (clients keep their copy of the global adapters between rounds); ``sync="full"``
+    sends all of them every time (stateless clients, e.g. cross-device).
+    """
+
+    def __init__(
+        self,
+        inner: Strategy | None = None,
+        include: Include = None,
+        schedule: Schedule | None = None,
+        sync: Literal["full", "delta"] = "delta",
+    ) -> None:
+        super().__init__(inner, include)
+        if sync not in ("full", "delta"):
+            raise ValueError(f"sync must be 'full' or 'delta', got {sync!r}")
+        from .schedules import CyclicSchedule
+
+        self.schedule = schedule if schedule is not None else CyclicSchedule()
+        self.sync = sync

@@ -1,0 +1,43 @@
+"""The client's half of the FedTT/FedTT+ message protocol, in numpy/Flower terms (no torch).
+
+Any ClientApp can use these two functions to take part in a FedTT or FedTT+ run.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, RecordDict
+
+from .fedtt import PLAN_KEY, SYNC_KEY
+from .schedules import decode_plan, trainable_names
+
+CACHE_KEY = "fedtt-global"
+
+
+def receive_global(content: RecordDict, state: RecordDict | None = None, arrays_key: str = "arrays") -> ArrayRecord:
+    """The node's copy of the global adapters after this message: its cached copy (``state``, a
+    Context.state), updated with the message's sync tensors and then its trainable tensors. The copy
+    is stored back into ``state`` so a FedTT+ ``sync="delta"`` server can skip unchanged tensors."""
+    merged: dict = {}
+    if state is not None and CACHE_KEY in state:
+        merged.update(state[CACHE_KEY].items())
+    if SYNC_KEY in content:
+        merged.update(content[SYNC_KEY].items())
+    if arrays_key in content:
+        merged.update(content[arrays_key].items())
+    record = ArrayRecord(merged)
+    if state is not None:
+        state[CACHE_KEY] = record
+    return record
+
+
+def round_trainable(content: RecordDict, arrays_key: str = "arrays", config_key: str = "config") -> list[str]:
+    """Names this node trains (and sends back) this round: the tensors under ``arrays_key``, checked
+    against the round's core plan when one is announced."""
+    names = list(content[arrays_key].keys()) if arrays_key in content else []
+    config = content.config_records.get(config_key)
+    if config is not None and PLAN_KEY in config:
+        planned = trainable_names(names, decode_plan(str(config[PLAN_KEY])))
+        if planned != names:
+            extra = sorted(set(names) - set(planned))[:3]
+            raise ValueError(f"the message's tensors do not follow its core plan (e.g. {extra})")
+    return names

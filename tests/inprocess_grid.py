@@ -1,0 +1,68 @@
+"""A Flower Grid that calls a ClientApp (or any callable) in-process: no Ray, no SuperLink."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+
+class InProcessGrid(Grid):
+    def __init__(self, client_app: Callable[[Message, Context], Message], num_nodes: int,
+                 run_config: dict | None = None, node_config: Callable[[int], dict] | None = None) -> None:
+        self.client_app = client_app
+        self.node_ids = list(range(101, 101 + num_nodes))
+        self.contexts = {
+            nid: Context(run_id=1, node_id=nid,
+                         node_config=(node_config(i) if node_config else
+                                      {"partition-id": i, "num-partitions": num_nodes}),
+                         state=RecordDict(), run_config=dict(run_config or {}))
+            for i, nid in enumerate(self.node_ids)
+        }
+        self.sent: list[Message] = []
+        self._replies: dict[str, Message] = {}
+        self._ids = itertools.count(1)
+        self._run = None
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for m in messages:
+            m = copy.deepcopy(m)  # no RecordDict shared between nodes, as after real serialization
+            mid = f"m{next(self._ids)}"
+            m.metadata.__dict__["_message_id"] = mid
+            m.metadata.__dict__["_src_node_id"] = 1
+            self.sent.append(m)
+            try:
+                reply = self.client_app(m, self.contexts[m.metadata.dst_node_id])
+            except Exception as exc:  # a crashing client becomes an error reply, as in Flower
+                from flwr.app import Error
+
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=m)
+            reply = copy.deepcopy(reply)
+            reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+            self._replies[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id,
+                       ttl=ttl)
+
+    def set_run(self, run_id) -> None:
+        self._run = run_id
+
+    @property
+    def run(self):
+        return self._run
