@@ -27,7 +27,7 @@ class FinetuneConfig(BaseModel):
     data_dir: str | None = Field(None, description="folder laid out like shared/data; None: $FEDTT_DATA_DIR, "
                                                      "../shared/data, or the hub")
     train_size: int = Field(10_000, ge=1)
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(2.0, gt=0)
     max_length: int = Field(64, ge=8)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -28,6 +29,38 @@ def _finetune(args: argparse.Namespace) -> int:
     result = finetune(cfg)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _parse_value(text: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .config import RunConfig
+    from .data import default_data_dir
+    from .launch import simulate
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = _parse_value(value.strip())
+    # flwr runs the apps from the SuperLink's folder: hand them absolute paths
+    out = Path(overrides.get("output-dir", "runs")).expanduser().resolve()
+    overrides["output-dir"] = str(out)
+    if not overrides.get("data-dir") and default_data_dir() is not None:
+        overrides["data-dir"] = str(default_data_dir().resolve())
+    RunConfig.from_flower(overrides)  # fail here, before starting anything, on a bad key or value
+    code = simulate(num_supernodes=args.num_clients, run_config=overrides, cpus_per_client=args.cpus_per_client,
+                    gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home)
+    print(f"[fedtt] results: {out}/<run-name>/ (metrics.jsonl, config.json, summary.json, adapter.safetensors)")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device")
     f.add_argument("--output-dir")
     f.set_defaults(func=_finetune)
+
+    s = sub.add_parser("simulate", help="federated run: Flower's Ray simulation engine through `flwr run`")
+    s.add_argument("--num-clients", type=int, default=10, help="simulated SuperNodes (one data partition each)")
+    s.add_argument("--cpus-per-client", type=int, default=1)
+    s.add_argument("--gpus-per-client", type=float, default=0.0, help="fractional GPUs per ClientApp, e.g. 0.25")
+    s.add_argument("--flwr-home", help="FLWR_HOME to use (default: a temporary folder)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="run-config override (repeatable), e.g. --set method=fedtt+ --set num-server-rounds=20")
+    s.set_defaults(func=_simulate)
     return parser
 
 
@@ -77,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-        print(f"fedtt-flwr {args.command}: invalid setting: {errors}", file=sys.stderr)
+        from .config import format_validation_error
+
+        print(f"fedtt-flwr {args.command}: {format_validation_error(exc, 'setting')}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
         print(f"fedtt-flwr {args.command}: error: {exc}", file=sys.stderr)

@@ -55,3 +55,111 @@ class TTAdapterConfig(BaseModel):
                 f"{in_features}x{out_features} projection needs {in_features * out_features}"
             )
         return self.shape
+
+
+Method = Literal["fedtt", "fedtt+"]
+Partition = Literal["iid", "dirichlet", "pathological"]
+ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian"]
+
+
+class RunConfig(BaseModel):
+    """Every tunable of a federated run: ``[tool.flwr.app.config]`` in pyproject.toml, with the same
+    kebab-case keys (``--run-config "rank=8 alpha=0.1"`` overrides them). Validated when the ServerApp
+    and the ClientApps start: a bad value stops the run with one message naming the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              alias_generator=lambda name: name.replace("_", "-"))
+
+    # what to train
+    model: str = "minilm"
+    task: str = "sst2"
+    data_dir: str = Field("", description="absolute folder laid out like shared/data; empty: auto / hub")
+    method: Method = "fedtt"
+    rank: int = Field(5, ge=1)
+    bottleneck: int = Field(64, ge=1)
+    adapter_bias: bool = True
+    schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
+    schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
+    sync: Literal["delta", "full"] = "delta"
+    # federation
+    num_server_rounds: int = Field(3, ge=1)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(0.0, ge=0, le=1)
+    min_clients: int = Field(2, ge=1, description="fewest clients a round waits for")
+    server_opt: ServerOpt = "fedavg"
+    server_lr: float = Field(1.0, gt=0, description="server learning rate (FedAdam/FedYogi/FedAdagrad/FedAvgM)")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM momentum")
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal term")
+    # data
+    partition: Partition = "dirichlet"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew)")
+    classes_per_client: int = Field(1, ge=1, description="pathological partition")
+    num_partitions: int = Field(0, ge=0, description="0: take it from the node config (simulation)")
+    max_length: int = Field(64, ge=8)
+    # local training
+    local_steps: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # evaluation and output
+    central_eval: bool = True
+    eval_every: int = Field(1, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    seed: int = 0
+    output_dir: str = Field("runs", description="absolute path recommended: flwr runs from the SuperLink's cwd")
+    run_name: str = ""
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from .data import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from strategies.schedules import make_schedule
+
+        make_schedule(v)
+        return v
+
+    @field_validator("data_dir")
+    @classmethod
+    def _existing_dir(cls, v: str) -> str:
+        from pathlib import Path
+
+        if v and not Path(v).is_dir():
+            raise ValueError(f"folder {v!r} does not exist")
+        return v
+
+    def adapter_config(self) -> TTAdapterConfig:
+        return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias)
+
+    @classmethod
+    def from_flower(cls, run_config: dict) -> RunConfig:
+        """Validate Flower's flattened run config; raise one ValueError naming every bad key."""
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(dict(run_config))
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, "run config")) from None
+
+
+def format_validation_error(exc, what: str) -> str:
+    """One line naming every bad key, its problem and the value given."""
+    parts = []
+    for e in exc.errors():
+        key = ".".join(str(x) for x in e["loc"]) or what
+        if e["type"] == "extra_forbidden":
+            parts.append(f"'{key}': unknown key")
+        else:
+            parts.append(f"'{key}': {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    return f"invalid {what}: " + "; ".join(parts)

@@ -165,3 +165,61 @@ def compute_metrics(task_name: str, predictions: np.ndarray, labels: np.ndarray)
         denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         out["mcc"] = float((tp * tn - fp * fn) / denom) if denom else 0.0
     return out
+
+
+#: Tasks shipped here without a train split get one carved from their dev/val file with this fixed
+#: seed (independent of a run's seed, so every run is scored on the same held-out part).
+DEV_SPLIT_SEED = 1234
+DEV_SPLIT_TRAIN_FRACTION = 0.8
+
+
+def load_task(task_name: str, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset, str | None]:
+    """``(train, dev, note)``. When a local folder has the dev file but no train file (QNLI and BoolQ in
+    shared/data), the dev file is split 80/20 deterministically and ``note`` says so."""
+    dev = load_split(task_name, "dev", data_dir)
+    try:
+        return load_split(task_name, "train", data_dir), dev, None
+    except FileNotFoundError:
+        if data_dir is None and default_data_dir() is None:
+            raise
+    parts = dev.train_test_split(train_size=DEV_SPLIT_TRAIN_FRACTION, seed=DEV_SPLIT_SEED, shuffle=True)
+    note = (f"task {task_name}: no local train file, so its dev file ({len(dev)} rows) was split "
+            f"{DEV_SPLIT_TRAIN_FRACTION:.0%}/{1 - DEV_SPLIT_TRAIN_FRACTION:.0%} (seed {DEV_SPLIT_SEED}) into "
+            f"train ({len(parts['train'])}) and test ({len(parts['test'])}); the test part is reported as dev")
+    return parts["train"], parts["test"], note
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    kind: str  # iid | dirichlet | pathological
+    num_partitions: int
+    alpha: float = 0.5
+    classes_per_client: int = 1
+    seed: int = 0
+
+
+def make_partitioner(spec: PartitionSpec):
+    """A flwr-datasets partitioner for the spec (deterministic by seed)."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    if spec.num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {spec.num_partitions}")
+    if spec.kind == "iid":
+        return IidPartitioner(num_partitions=spec.num_partitions)
+    if spec.kind == "dirichlet":
+        return DirichletPartitioner(num_partitions=spec.num_partitions, partition_by="label", alpha=spec.alpha,
+                                    min_partition_size=2, self_balancing=False, seed=spec.seed)
+    if spec.kind == "pathological":
+        return PathologicalPartitioner(num_partitions=spec.num_partitions, partition_by="label",
+                                       num_classes_per_partition=spec.classes_per_client,
+                                       class_assignment_mode="deterministic", seed=spec.seed)
+    raise ValueError(f"unknown partition {spec.kind!r}: use iid, dirichlet or pathological")
+
+
+def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int) -> Dataset:
+    """One client's share of ``dataset``."""
+    if not 0 <= partition_id < spec.num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside 0..{spec.num_partitions - 1}")
+    p = make_partitioner(spec)
+    p.dataset = dataset
+    return p.load_partition(partition_id)

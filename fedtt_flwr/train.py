@@ -66,15 +66,21 @@ def train_steps(
     log_every: int = 0,
     max_grad_norm: float | None = 1.0,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    proximal_mu: float = 0.0,
 ) -> dict[str, float]:
-    """Run ``steps`` optimizer steps; return the mean training loss and the number of examples seen."""
+    """Run ``steps`` optimizer steps; return the mean training loss and the number of examples seen.
+
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_start||^2`` over the trainable tensors."""
     model.train()
     losses, seen, t0 = [], 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
+    anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     for step in range(1, steps + 1):
         batch = {k: v.to(device) for k, v in next(batches).items()}
         with _autocast(device, amp_dtype):
             loss = model(**batch).loss
+        if anchors:
+            loss = loss + 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

@@ -222,6 +222,7 @@ class FedTT(Strategy):
                 msg.content[self.arrays_key] = ArrayRecord(
                     {n: rec[n] if n in trained else self._global[n] for n in self._travelling})
         agg, metrics = self.inner.aggregate_train(server_round, valid)
+        stats["train_metrics"] = dict(metrics) if metrics else {}
         if agg is None:
             return None, metrics
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
@@ -244,7 +245,9 @@ class FedTT(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         self._mark_synced(replies)
-        return self.inner.aggregate_evaluate(server_round, replies)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        self._round(server_round)["evaluate_metrics"] = dict(metrics) if metrics else {}
+        return metrics
 
     def summary(self) -> None:
         log(INFO, "\t├── %s (schedule %r, sync %s) around:", type(self).__name__, self.schedule, self.sync)

@@ -84,3 +84,45 @@ def flower_task_identity():
 
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
     yield
+
+
+WORDS = ["good", "great", "fine", "fun", "lovely", "superb", "bad", "awful", "dull", "boring", "poor", "weak", "movie", "film", "plot", "actor", "the", "a", "is", "was", "and", "but", "not", "very", "really", "quite", "story", "scene"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT with a real (word-level) tokenizer, saved like a hub folder."""
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    torch.manual_seed(0)
+    cfg = BertConfig(**{**_ENC, "vocab_size": len(vocab)}, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sst2_dir(tmp_path_factory) -> Path:
+    """A small SST-2-style data folder whose labels are readable from the words."""
+    import random
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "glue" / "SST-2").mkdir(parents=True)
+    rng = random.Random(0)
+    pos, neg, filler = WORDS[:6], WORDS[6:12], WORDS[12:]
+
+    def rows(n):
+        out = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            words = rng.sample(pos if label else neg, 3) + rng.sample(filler, 2)
+            rng.shuffle(words)
+            out.append(f"{' '.join(words)}\t{label}")
+        return "\n".join(out) + "\n"
+
+    (root / "glue" / "SST-2" / "train.tsv").write_text(rows(240))
+    (root / "glue" / "SST-2" / "dev.tsv").write_text(rows(60))
+    return root

@@ -1,0 +1,1 @@
+"""fedtt-flwr ClientApp."""

@@ -1,0 +1,134 @@
+"""The ClientApp's work: load the round's adapter tensors into a cached model, train, reply.
+
+One backbone per process: the model is built once (per model/adapter config) and only the small
+adapter state is swapped in for every message, whichever client (partition) the message is for.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from strategies.protocol import receive_global, round_trainable
+
+from .adapters import add_tt_adapters, get_adapter_state, set_adapter_state
+from .config import RunConfig
+from .data import PartitionSpec, get_task, load_task, partition
+from .models import load_model, pick_device
+from .train import cycle, make_loader, tokenize, train_steps
+from .train import evaluate as evaluate_model
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Session:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=2)
+def _session(model_name: str, num_labels: int, adapter_json: str, dtype: str, device: str) -> Session:
+    from .config import TTAdapterConfig
+
+    model, tokenizer = load_model(model_name, "classification", num_labels=num_labels, dtype=dtype)
+    add_tt_adapters(model, TTAdapterConfig.model_validate_json(adapter_json))
+    dev = pick_device(device)
+    return Session(model.to(dev), tokenizer, dev)
+
+
+def session(cfg: RunConfig) -> Session:
+    """The process-wide model for this run config (built on first use, then reused)."""
+    labels = len(get_task(cfg.task).labels)
+    return _session(cfg.model, labels, cfg.adapter_config().model_dump_json(), cfg.dtype, cfg.device)
+
+
+@functools.lru_cache(maxsize=2)
+def _task_data(task: str, data_dir: str) -> tuple[Dataset, Dataset]:
+    train, dev, _ = load_task(task, data_dir or None)
+    return train, dev
+
+
+@functools.lru_cache(maxsize=64)
+def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str) -> Dataset:
+    """This client's tokenized share: its partition of train (by the run's partitioning) or its IID
+    shard of dev (for federated evaluation). Cached per process."""
+    train, dev = _task_data(cfg.task, cfg.data_dir)
+    if split == "train":
+        spec = PartitionSpec(cfg.partition, num_partitions, cfg.alpha, cfg.classes_per_client, cfg.seed)
+        part = partition(train, spec, partition_id)
+    else:
+        part = partition(dev, PartitionSpec("iid", num_partitions, seed=cfg.seed), partition_id)
+    return tokenize(part, session(cfg).tokenizer, cfg.max_length)
+
+
+def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from the node config (simulation sets both; a deployed
+    SuperNode gets them from ``--node-config``), with the run config's ``num-partitions`` as fallback."""
+    nc = context.node_config
+    if "partition-id" not in nc:
+        raise ValueError("this node has no 'partition-id' in its node config (SuperNode --node-config "
+                         "\"partition-id=0 num-partitions=N\")")
+    num = int(nc.get("num-partitions", cfg.num_partitions))
+    if num < 1:
+        raise ValueError("the number of partitions is unknown: set 'num-partitions' in the node config "
+                         "or the run config")
+    return int(nc["partition-id"]), num
+
+
+def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Session) -> None:
+    cache = context.state if cfg.method == "fedtt+" and cfg.sync == "delta" else None
+    received = receive_global(msg.content, cache)
+    set_adapter_state(sess.model, {n: a.numpy() for n, a in received.items()})
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Train the round's tensors for ``local-steps`` AdamW steps; reply with exactly those tensors."""
+    cfg = RunConfig.from_flower(context.run_config)
+    pid, num = node_partition(context, cfg)
+    sess = session(cfg)
+    data = client_data(cfg, pid, num, "train")
+    if len(data) == 0:
+        raise ValueError(f"partition {pid} of {num} has no training examples")
+    _load_round_state(msg, context, cfg, sess)
+    names = round_trainable(msg.content)
+    params = dict(sess.model.named_parameters())
+    for n in sess.model.fedtt_state_names:
+        params[n].requires_grad_(n in names)
+    trainable = [params[n] for n in names]
+    server_round = int(msg.content["config"].get("server-round", 0))
+    seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
+    torch.manual_seed(seed)
+    loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
+                        max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu)
+    state = get_adapter_state(sess.model)
+    arrays = ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names})
+    metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(data),
+                            "steps": cfg.local_steps})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global adapters on this client's shard of the dev set."""
+    cfg = RunConfig.from_flower(context.run_config)
+    pid, num = node_partition(context, cfg)
+    sess = session(cfg)
+    _load_round_state(msg, context, cfg, sess)
+    data = client_data(cfg, pid, num, "dev")
+    if len(data) == 0:
+        raise ValueError(f"dev shard {pid} of {num} is empty: fewer dev examples than clients")
+    loader = make_loader(data, sess.tokenizer, cfg.eval_batch_size, shuffle=False)
+    result = evaluate_model(sess.model, loader, cfg.task, sess.device, AMP[cfg.amp])
+    result["num-examples"] = result.pop("num_examples")
+    return Message(RecordDict({"metrics": MetricRecord(result)}), reply_to=msg)

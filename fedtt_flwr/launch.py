@@ -1,0 +1,163 @@
+"""Run the Flower app through the real ``flwr run`` path, safely, on an offline machine.
+
+``flwr run`` talks to a SuperLink even for simulation, its exit code is 0 for failed runs, and a
+managed local SuperLink outlives the command. This launcher therefore:
+
+1. uses its own ``FLWR_HOME`` (a temporary folder unless given) and disables the SuperLink's runtime
+   dependency installation (it would try to reinstall the project, and torch, from the network);
+2. starts a simulation SuperLink on a free loopback port, in its own process group;
+3. runs ``flwr run <app> <connection> --stream`` with the federation and run config given;
+4. polls ``flwr ls --format json`` until the run is ``finished:*`` and returns 0 only for
+   ``finished:completed``;
+5. stops the SuperLink it started (by PID, with its process group), whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OFFLINE_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    "HF_DATASETS_OFFLINE": os.environ.get("HF_DATASETS_OFFLINE", "1"),
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
+}
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited at start-up with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"the SuperLink did not open port {port} within {timeout:.0f}s")
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def format_overrides(overrides: dict) -> str:
+    """``{"rank": 8, "task": "rte"}`` -> ``rank=8 task="rte"`` (TOML values, as flwr expects)."""
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+
+
+def _run_status(env: dict, connection: str) -> str | None:
+    out = subprocess.run([_bin("flwr"), "ls", connection, "--format", "json"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return None
+    return runs[-1].get("status") if runs else None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the SuperLink we started and everything in its process group (Ray, superexec)."""
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # leftovers in its process group
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def simulate(
+    num_supernodes: int = 10,
+    run_config: dict | None = None,
+    cpus_per_client: int = 1,
+    gpus_per_client: float = 0.0,
+    flwr_home: str | None = None,
+    app_dir: Path = APP_DIR,
+    timeout: float = 6 * 3600,
+    stream: bool = True,
+) -> int:
+    """Run the app as a Ray simulation through ``flwr run``; return 0 iff the run completed."""
+    home = Path(flwr_home) if flwr_home else Path(tempfile.mkdtemp(prefix="fedtt-flwr-home-"))
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    connection = "fedtt-local"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    bin_dir = str(Path(sys.executable).parent)  # the SuperLink spawns flower-superexec & co. by name
+    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    log_file = home / "superlink.log"
+    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--port", str(port),
+           "--control-api-address", f"127.0.0.1:{_free_port()}", "--fleet-api-address", f"127.0.0.1:{_free_port()}",
+           "--disable-runtime-dependency-installation", "--database", str(home / "state.db")]
+    print(f"[fedtt] starting a simulation SuperLink on 127.0.0.1:{port} (FLWR_HOME={home})", flush=True)
+    with open(log_file, "w") as log:
+        link = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(home))
+    ok = False
+    try:
+        _wait_port(port, link)
+        fed = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} " \
+              f"client-resources-num-gpus={gpus_per_client}"
+        run_cmd = [_bin("flwr"), "run", str(app_dir), connection, "--federation-config", fed]
+        if stream:
+            run_cmd.append("--stream")
+        if run_config:
+            run_cmd += ["--run-config", format_overrides(run_config)]
+        started = time.monotonic()
+        subprocess.run(run_cmd, env=env, check=False, timeout=timeout)
+        status = None
+        while time.monotonic() - started < timeout:
+            status = _run_status(env, connection)
+            if status and status.startswith("finished"):
+                break
+            time.sleep(2)
+        ok = status == "finished:completed"
+        print(f"[fedtt] run status: {status} ({time.monotonic() - started:.0f}s)", flush=True)
+        if not ok:
+            print(f"[fedtt] the run did not complete; SuperLink log: {log_file}", file=sys.stderr, flush=True)
+    except BaseException:
+        ok = False
+        raise
+    finally:
+        _stop(link)
+        if ok and not flwr_home and os.environ.get("FEDTT_KEEP_FLWR_HOME") != "1":
+            shutil.rmtree(home, ignore_errors=True)
+    return 0 if ok else 1

@@ -1,0 +1,162 @@
+"""The ServerApp's work: initialise the adapters once, run FedTT/FedTT+, evaluate, write the run folder.
+
+Run folder (``<output-dir>/<run-name>/``): ``config.json``, ``metrics.jsonl`` (one line per round,
+round 0 = the initial adapters), ``adapter.safetensors`` (final global adapters) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import datetime, timezone
+from logging import INFO
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedYogi,
+    Strategy,
+)
+
+from strategies import FedTT, FedTTPlus, make_schedule
+
+from .adapters import add_tt_adapters, get_adapter_state, set_adapter_state
+from .checkpoint import save_adapter
+from .config import RunConfig
+from .data import get_task, load_task
+from .models import load_model, pick_device
+from .train import evaluate, make_loader, tokenize
+
+
+def inner_strategy(cfg: RunConfig) -> Strategy:
+    """The Flower strategy that averages the adapter tensors."""
+    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
+                  min_train_nodes=cfg.min_clients, min_evaluate_nodes=cfg.min_clients if cfg.fraction_evaluate else 0,
+                  min_available_nodes=cfg.min_clients)
+    opt = cfg.server_opt
+    if opt == "fedavg":
+        return FedAvg(**common)
+    if opt == "fedavgm":
+        return FedAvgM(**common, server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum)
+    if opt == "fedprox":
+        return FedProx(**common, proximal_mu=cfg.proximal_mu)
+    if opt == "fedmedian":
+        return FedMedian(**common)
+    fedopt = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[opt]
+    return fedopt(**common, eta=cfg.server_lr)
+
+
+def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
+    inner = inner_strategy(cfg)
+    if cfg.method == "fedtt":
+        return FedTT(inner, include=travelling)
+    schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
+    return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync)
+
+
+def run_folder(cfg: RunConfig) -> Path:
+    name = cfg.run_name or (
+        f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.method.replace('+', 'plus')}-{cfg.model}-{cfg.task}"
+        f"-{cfg.partition}{cfg.alpha if cfg.partition == 'dirichlet' else ''}-r{cfg.rank}-s{cfg.seed}")
+    path = Path(cfg.output_dir).expanduser().resolve() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class MetricsLog:
+    """Appends one JSON line per round and prints a progress line."""
+
+    def __init__(self, path: Path, cfg: RunConfig, main_metric: str) -> None:
+        self.path, self.cfg, self.main = path, cfg, main_metric
+        self.total_up = self.total_down = 0
+        self.t0 = time.perf_counter()
+
+    def write(self, record: dict) -> None:
+        self.total_up += record.get("bytes_up", 0)
+        self.total_down += record.get("bytes_down", 0)
+        record.update(total_bytes_up=self.total_up, total_bytes_down=self.total_down,
+                      elapsed_s=round(time.perf_counter() - self.t0, 2))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        metric = record.get(self.main)
+        shown = f"{self.main} {metric:.4f}" if isinstance(metric, float) else f"{self.main} -"
+        log(INFO, "[fedtt] round %d/%d  %s  train-loss %s  up %.2f MB  down %.2f MB  (total %.2f MB)  %.0fs",
+            record["round"], self.cfg.num_server_rounds, shown,
+            f"{record['train_loss']:.4f}" if record.get("train_loss") is not None else "-",
+            record.get("bytes_up", 0) / 1e6, record.get("bytes_down", 0) / 1e6,
+            (self.total_up + self.total_down) / 1e6, record["elapsed_s"])
+
+
+def main(grid: Grid, context: Context) -> dict:
+    """Run a whole federated fine-tune; returns the summary that is also written to summary.json."""
+    cfg = RunConfig.from_flower(context.run_config)
+    random.seed(cfg.seed)  # Flower samples clients with the `random` module
+    np.random.seed(cfg.seed)
+    task = get_task(cfg.task)
+    model, tokenizer = load_model(cfg.model, "classification", num_labels=len(task.labels), dtype=cfg.dtype)
+    torch.manual_seed(cfg.seed)  # the one initialisation every client starts from
+    add_tt_adapters(model, cfg.adapter_config())
+    device = pick_device(cfg.device)
+    model.to(device)
+    state = get_adapter_state(model)
+    initial = ArrayRecord({n: Array(np.ascontiguousarray(t.numpy())) for n, t in state.items()})
+    strategy = build_strategy(cfg, list(state))
+
+    out = run_folder(cfg)
+    _, dev, note = load_task(cfg.task, cfg.data_dir or None)
+    if note:
+        log(INFO, "[fedtt] %s", note)
+    (out / "config.json").write_text(json.dumps({
+        "run_config": cfg.model_dump(by_alias=True), "adapter_config": cfg.adapter_config().model_dump(),
+        "travelling_tensors": len(state), "travelling_params": int(sum(t.numel() for t in state.values())),
+        "data_note": note, "strategy": repr(strategy.schedule), "inner": type(strategy.inner).__name__,
+    }, indent=2))
+    dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length), tokenizer, cfg.eval_batch_size, False)
+    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
+    log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); run folder %s", cfg.method, cfg.model,
+        cfg.task, len(state), sum(t.numel() for t in state.values()), out)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        stats = strategy.rounds.get(server_round, {})
+        record = {"round": server_round, "method": cfg.method, "schedule": stats.get("plan"),
+                  "clients": stats.get("clients", 0), "replies": stats.get("replies", 0),
+                  "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
+                  "bytes_down": stats.get("bytes_down", 0),
+                  "train_loss": stats.get("train_metrics", {}).get("train-loss")}
+        record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
+                       if k != "num-examples"})
+        central = None
+        if cfg.central_eval and (server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds):
+            set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
+            res = evaluate(model, dev_loader, cfg.task, device)
+            record.update({k: v for k, v in res.items() if k != "num_examples"})
+            central = MetricRecord({k: float(v) for k, v in res.items()})
+        metrics_log.write(record)
+        return central
+
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
+                            train_config=ConfigRecord({"proximal-mu": cfg.proximal_mu}),
+                            evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
+    set_adapter_state(model, {n: a.numpy() for n, a in result.arrays.items()})
+    save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
+    final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds)
+    summary = {
+        "run_folder": str(out), "rounds": cfg.num_server_rounds,
+        "final": dict(final) if final is not None else None,
+        "total_bytes_up": metrics_log.total_up, "total_bytes_down": metrics_log.total_down,
+        "wall_s": round(time.perf_counter() - metrics_log.t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(INFO, "[fedtt] done: %s", json.dumps(summary))
+    return summary

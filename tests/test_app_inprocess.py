@@ -1,0 +1,105 @@
+"""The ServerApp and ClientApp end to end on an in-process grid (no Ray): a tiny BERT, tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import Context, RecordDict
+from inprocess_grid import InProcessGrid
+
+from client_app.app import app as client_app
+from fedtt_flwr import client as client_module
+from fedtt_flwr.checkpoint import read_adapter
+from server_app.app import app as server_app
+
+
+def run_app(tmp_path, model_dir, data_dir, nodes=3, **overrides):
+    run_config = {"model": str(model_dir), "data-dir": str(data_dir), "output-dir": str(tmp_path / "runs"),
+                  "num-server-rounds": 2, "local-steps": 3, "batch-size": 8, "max-length": 16, "lr": 0.01,
+                  "min-clients": nodes, "run-name": "test", **overrides}
+    grid = InProcessGrid(client_app, nodes, run_config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    server_app(grid, context)
+    folder = tmp_path / "runs" / "test"
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return grid, folder, lines
+
+
+def test_fedtt_run_writes_the_run_folder(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    grid, folder, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{"fraction-evaluate": 1.0})
+    assert [x["round"] for x in lines] == [0, 1, 2]
+    assert lines[0]["bytes_up"] == 0 and "accuracy" in lines[0]
+    for x in lines[1:]:
+        assert x["clients"] == 3 and x["replies"] == 3 and x["bytes_up"] > 0 and x["bytes_down"] > 0
+        assert 0 <= x["accuracy"] <= 1 and x["train_loss"] > 0 and "fed_accuracy" in x
+    assert lines[2]["total_bytes_up"] == lines[1]["bytes_up"] + lines[2]["bytes_up"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["run_config"]["rank"] == 5 and config["travelling_tensors"] > 0
+    state, adapter_cfg, _ = read_adapter(folder / "adapter.safetensors")
+    assert len(state) == config["travelling_tensors"]
+    # only adapter tensors and the head ever travel
+    for msg in grid.sent:
+        for rec in msg.content.array_records.values():
+            assert all(".adapter." in n or n.startswith("classifier.") for n in rec)
+    # one backbone per process, however many clients it served
+    assert client_module._session.cache_info().currsize == 1
+
+
+def test_fedtt_plus_run_sends_less_and_trains(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    _, _, plain = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir)
+    grid, folder, plus = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, method="fedtt+")
+    assert plus[1]["schedule"] == "4:0,1,3" and plus[2]["schedule"] == "4:0,2,3"  # hidden 32: 4 cores
+    assert plus[1]["bytes_up"] < plain[1]["bytes_up"]
+    assert plus[2]["bytes_down"] <= plain[2]["bytes_down"]
+    # delta sync: in round 2 a node gets only the frozen core that changed in round 1 (core 1)
+    round2 = [m for m in grid.sent if m.content["config"].get("server-round") == 2]
+    assert round2 and all({n.rsplit(".", 1)[1] for n in m.content["fedtt-sync"]} == {"core_1"} for m in round2)
+
+
+def test_learns_the_tiny_task(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    _, _, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 8, "local-steps": 15,
+                                                                      "lr": 0.02, "bottleneck": 8, "partition": "iid"})
+    assert lines[-1]["accuracy"] >= 0.9 > lines[0]["accuracy"]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rank", 0, "'rank': Input should be greater than or equal to 1"),
+    ("task", "sst3", "'task': unknown task 'sst3'"),
+    ("alpha", -1.0, "'alpha': Input should be greater than 0"),
+    ("fraction-train", 1.5, "'fraction-train': Input should be less than or equal to 1"),
+    ("data-dir", "/no/such/folder", "'data-dir': folder '/no/such/folder' does not exist"),
+    ("partition", "random", "'partition'"),
+    ("no-such-key", 1, "'no-such-key': unknown key"),
+])
+def test_bad_config_stops_with_the_key_named(tmp_path, tiny_model_dir, tiny_sst2_dir, key, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{key: value})
+
+
+def test_model_that_cannot_load_is_a_clear_error(tmp_path, tiny_sst2_dir):
+    with pytest.raises(OSError, match="could not load model"):
+        run_app(tmp_path, tmp_path / "missing-model", tiny_sst2_dir)
+
+
+def test_pyproject_config_matches_the_validated_defaults():
+    from pathlib import Path
+
+    import tomllib
+
+    from fedtt_flwr.config import RunConfig
+
+    py = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    flwr_cfg = py["tool"]["flwr"]["app"]["config"]
+    assert RunConfig.from_flower(flwr_cfg).model_dump(by_alias=True) == flwr_cfg
+
+
+def test_client_replies_an_error_for_a_missing_partition_id(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    grid = InProcessGrid(client_app, 2, {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir)},
+                         node_config=lambda i: {})
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+
+    msg = Message(RecordDict({"arrays": ArrayRecord(), "config": ConfigRecord({"server-round": 1})}),
+                  dst_node_id=101, message_type=MessageType.TRAIN)
+    reply = grid.pull_messages(grid.push_messages([msg]))[0]
+    assert reply.has_error() and "partition-id" in reply.error.reason
