@@ -32,6 +32,7 @@ class FinetuneConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     rank: int = Field(5, ge=1)
+    adapter_bias: bool = False
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, then linear decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
     seed: int = 0
@@ -48,7 +49,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train = train.select(range(min(cfg.train_size, len(train))))
     dev = load_split(cfg.task, "dev", cfg.data_dir)
     model, tokenizer = load_model(cfg.model, "classification", num_labels=len(task.labels))
-    add_tt_adapters(model, TTAdapterConfig(rank=cfg.rank))
+    add_tt_adapters(model, TTAdapterConfig(rank=cfg.rank, bias=cfg.adapter_bias))
     model.to(device)
     train_loader = make_loader(tokenize(train, tokenizer, cfg.max_length), tokenizer, cfg.batch_size, True, cfg.seed)
     dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length), tokenizer, 128, False)
@@ -62,7 +63,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
                         max_grad_norm=cfg.max_grad_norm or None)
     train_s = time.perf_counter() - t0
     metrics = evaluate(model, dev_loader, cfg.task, device)
-    out = Path(cfg.output_dir).resolve() / f"finetune-{cfg.model}-{cfg.task}-r{cfg.rank}-s{cfg.seed}"
+    name = f"finetune-{cfg.model}-{cfg.task}-r{cfg.rank}{'-bias' if cfg.adapter_bias else ''}-s{cfg.seed}"
+    out = Path(cfg.output_dir).resolve() / name
     out.mkdir(parents=True, exist_ok=True)
     adapter_file = save_adapter(model, out / "adapter.safetensors", task=cfg.task)
     result = {

@@ -14,7 +14,7 @@ def _params(args: argparse.Namespace) -> int:
     from .config import TTAdapterConfig
     from .report import param_report
 
-    cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=not args.no_bias,
+    cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias,
                           tensorized_classifier=args.tensorized_classifier)
     report = param_report(args.model, lora_rank=args.lora_rank, task_kind=args.task_kind,
                           num_labels=args.num_labels, adapter_config=cfg)
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=5, help="TT rank")
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--no-bias", action="store_true", help="TT layers without biases")
+    p.add_argument("--bias", action="store_true", help="TT layers with biases (they train and travel)")
     p.add_argument("--tensorized-classifier", action="store_true")
     p.add_argument("--task-kind", choices=["classification", "causal-lm"], default=None,
                    help="default: causal-lm for decoder models, classification otherwise")
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float)
     f.add_argument("--rank", type=int)
     f.add_argument("--warmup", type=float)
+    f.add_argument("--bias", dest="adapter_bias", action="store_const", const=True, help="TT layers with biases")
     f.add_argument("--max-grad-norm", type=float)
     f.add_argument("--seed", type=int)
     f.add_argument("--device")

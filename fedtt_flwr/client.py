@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from datasets import Dataset
+from datasets.utils.logging import disable_progress_bar
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -25,6 +26,7 @@ from .models import load_model, pick_device
 from .train import cycle, make_loader, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
+disable_progress_bar()  # one bar per client and round drowns the run log
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -27,7 +27,8 @@ class TTAdapterConfig(BaseModel):
     placement: Placement = Field(
         "auto", description="encoder: 2 output adapters per block; decoder: 3 on the MLP; auto: detect"
     )
-    bias: bool = Field(True, description="TT layers carry a bias (it trains and travels)")
+    bias: bool = Field(False, description="TT layers carry a bias (it trains and travels); off by default "
+                                          "(ours): it costs 23-65% more bytes for little accuracy")
     train_layernorm: bool = Field(False, description="also train (and send) every LayerNorm/RMSNorm")
     train_head: bool = Field(True, description="train (and send) the newly initialised task head")
     tensorized_classifier: bool = Field(
@@ -77,7 +78,7 @@ class RunConfig(BaseModel):
     method: Method = "fedtt"
     rank: int = Field(5, ge=1)
     bottleneck: int = Field(64, ge=1)
-    adapter_bias: bool = True
+    adapter_bias: bool = False
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
     schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
     sync: Literal["delta", "full"] = "delta"

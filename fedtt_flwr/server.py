@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets.utils.logging import disable_progress_bar
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -37,6 +38,8 @@ from .config import RunConfig
 from .data import get_task, load_task
 from .models import load_model, pick_device
 from .train import evaluate, make_loader, tokenize
+
+disable_progress_bar()
 
 
 def inner_strategy(cfg: RunConfig) -> Strategy:

@@ -96,8 +96,9 @@ class TTLinear(nn.Module):
     Each core is a direct parameter ``core_k`` (Opacus' functorch per-sample gradients are wrong for
     cores inside a child ParameterList). The math runs in fp32 even inside autocast regions.
 
-    ``forward_mode="rebuild"`` forms ``W`` from the cores and does one matmul; ``"contract"`` contracts
-    ``x`` with the cores one by one (needs a shape whose leading modes multiply to ``in``).
+    ``forward_mode="rebuild"`` forms ``W`` from the cores and does one matmul; ``"contract"`` never forms
+    ``W``: it multiplies ``x`` by the input-side and then the output-side half of the chain (needs a
+    shape whose leading modes multiply to ``in``).
     """
 
     def __init__(
@@ -173,19 +174,16 @@ class TTLinear(nn.Module):
             return self._chain(cores).reshape(self.in_features, self.out_features)
 
     def _contract(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W`` without forming ``W``: with the input modes first, ``W = A @ B`` where ``A``
+        (in x r) contracts the input-side cores and ``B`` (r x out) the output-side ones, so the cost
+        is ``N (in + out) r`` instead of ``N in out``."""
         cores = [c.float() for c in self.cores]
         split = self._split
-        n = x.shape[0]
-        z = x.reshape(n, 1, self.in_features)  # (batch, r_{k-1}, remaining input modes)
-        for core in cores[:split]:
-            r_prev, n_k, r_k = core.shape
-            z = z.reshape(n, r_prev, n_k, -1)
-            z = torch.einsum("brim,ris->bsm", z, core)
-        z = z.reshape(n, self.ranks[split])
+        left = self._chain(cores[:split]).reshape(self.in_features, self.ranks[split])
         if split == len(cores):
-            return z.reshape(n, 1)
-        right = self._chain(cores[split:])
-        return z @ right.reshape(self.ranks[split], self.out_features)
+            return x @ left
+        right = self._chain(cores[split:]).reshape(self.ranks[split], self.out_features)
+        return (x @ left) @ right
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -86,7 +86,12 @@ def flower_task_identity():
     yield
 
 
-WORDS = ["good", "great", "fine", "fun", "lovely", "superb", "bad", "awful", "dull", "boring", "poor", "weak", "movie", "film", "plot", "actor", "the", "a", "is", "was", "and", "but", "not", "very", "really", "quite", "story", "scene"]
+WORDS = [
+    "good", "great", "fine", "fun", "lovely", "superb",  # positive
+    "bad", "awful", "dull", "boring", "poor", "weak",  # negative
+    "movie", "film", "plot", "actor", "the", "a", "is", "was", "and", "but", "not", "very", "really", "quite",
+    "story", "scene",
+]
 
 
 @pytest.fixture(scope="session")

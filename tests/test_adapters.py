@@ -38,7 +38,7 @@ def _out(model, inputs):
 def test_injection_freezes_backbone_and_places_adapters(family):
     model = tiny_model(family)
     layers = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layers
-    add_tt_adapters(model, TTAdapterConfig(rank=3, bottleneck=8))
+    add_tt_adapters(model, TTAdapterConfig(rank=3, bottleneck=8, bias=True))
     wrapped = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}
     per_block = 3 if family in DECODER_CONFIGS else 2
     assert len(wrapped) == per_block * layers
@@ -64,7 +64,7 @@ def test_outputs_change_only_through_adapters(family):
     model = tiny_model(family)
     inputs = _inputs(model)
     before = _out(model, inputs)
-    add_tt_adapters(model, TTAdapterConfig(rank=3, bottleneck=8, scaling=0.0))
+    add_tt_adapters(model, TTAdapterConfig(rank=3, bottleneck=8, scaling=0.0, bias=True))
     assert torch.allclose(_out(model, inputs), before, atol=1e-6), "a zero-scaled adapter must be a no-op"
     for layer in tt_layers(model).values():
         torch.nn.init.normal_(layer.bias)
@@ -128,7 +128,10 @@ def test_state_names_are_readable_and_stable():
     b = add_tt_adapters(tiny_model("bert", seed=1))
     assert a.fedtt_state_names == b.fedtt_state_names
     assert "bert.encoder.layer.0.attention.output.dense.adapter.down.core_0" in a.fedtt_state_names
-    assert "bert.encoder.layer.1.output.dense.adapter.up.bias" in a.fedtt_state_names
+    assert "bert.encoder.layer.1.output.dense.adapter.up.core_3" in a.fedtt_state_names  # hidden 32: 4 cores
+    assert not any(n.endswith("adapter.up.bias") for n in a.fedtt_state_names)  # biases are off by default
+    c = add_tt_adapters(tiny_model("bert"), TTAdapterConfig(bias=True))
+    assert "bert.encoder.layer.1.output.dense.adapter.up.bias" in c.fedtt_state_names
 
 
 def test_tensorized_classifier_and_layernorm_flags():
@@ -160,6 +163,6 @@ def test_config_validation_errors():
     ("llama-2-7b", "causal-lm", 211_200),
 ])
 def test_worked_parameter_counts_on_configs_without_weights(name, kind, expected):
-    model = add_tt_adapters(build_empty_model(name, kind), TTAdapterConfig(rank=5))
+    model = add_tt_adapters(build_empty_model(name, kind), TTAdapterConfig(rank=5, bias=True))
     assert next(model.parameters()).device.type == "meta"
     assert count_parameters(model)["tt_cores"] == expected

@@ -103,3 +103,14 @@ def test_client_replies_an_error_for_a_missing_partition_id(tmp_path, tiny_model
                   dst_node_id=101, message_type=MessageType.TRAIN)
     reply = grid.pull_messages(grid.push_messages([msg]))[0]
     assert reply.has_error() and "partition-id" in reply.error.reason
+
+
+def test_every_config_key_is_documented():
+    from pathlib import Path
+
+    from fedtt_flwr.config import RunConfig
+
+    doc = (Path(__file__).parents[1] / "docs" / "federated.md").read_text()
+    missing = [f.alias or n for n, f in RunConfig.model_fields.items()
+               if f"| `{n.replace('_', '-')}` |" not in doc]
+    assert not missing, f"undocumented run-config keys: {missing}"

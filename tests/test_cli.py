@@ -17,14 +17,17 @@ def test_params_report_for_minilm(capsys):
     assert tt["tt_layers"] == 24 and tt["core_params"] + tt["bias_params"] + tt["head_params"] == tt["trainable_params"]
     assert lora["adapter_params"] == 6 * 2 * 8 * (384 + 384)
     assert tt["head_params"] == lora["head_params"] == 384 * 2 + 2
-    assert report["lora_over_tt_params"] > 3
+    assert report["lora_over_tt_params"] > 3 and tt["bias_params"] == 0  # biases are off by default
+    assert main(["params", "--model", "minilm", "--bias"]) == 0
+    with_bias = json.loads(capsys.readouterr().out)["tt"]
+    assert with_bias["bias_params"] == 12 * (64 + 384) and with_bias["bytes_per_round"] > tt["bytes_per_round"]
     # bytes are what Flower serializes: at least 4 bytes per fp32 parameter
     assert tt["bytes_per_round"] > 4 * tt["trainable_params"]
     assert report["lora_over_tt_bytes"] == round(lora["bytes_per_round"] / tt["bytes_per_round"], 3)
 
 
 def test_params_report_for_a_decoder_preset(capsys):
-    assert main(["params", "--model", "llama-2-7b", "--no-bias"]) == 0
+    assert main(["params", "--model", "llama-2-7b"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tt"]["core_params"] == report["tt"]["trainable_params"] == 211_200
     assert report["lora"]["targets"] == ["q_proj", "v_proj"] and report["tt"]["head_params"] == 0

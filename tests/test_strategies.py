@@ -249,3 +249,21 @@ def test_include_selects_nothing_is_a_clear_error():
 def test_strategies_do_not_import_torch():
     code = "import sys, strategies; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+def test_the_plug_in_example_runs_and_keeps_the_body_at_home():
+    import torch
+    from flwr.app import Context
+
+    from examples.plug_into_your_app import Net, client_app, server_app, to_record
+
+    grid = InProcessGrid(client_app, 3)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    server_app(grid, context)
+    final = context.state["final"]
+    torch.manual_seed(0)
+    initial = to_record(Net())
+    assert np.array_equal(final["body.weight"].numpy(), initial["body.weight"].numpy())
+    assert not np.array_equal(final["classifier.weight"].numpy(), initial["classifier.weight"].numpy())
+    for msg in grid.sent:
+        assert all(not n.startswith("body.") for rec in msg.content.array_records.values() for n in rec)
