@@ -30,19 +30,19 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pattern: str) -> None:
         super().__init__(daemon=True)
-        self.pattern, self.peak, self._stop = pattern, {}, threading.Event()
+        self.pattern, self.peak, self._halt = pattern, {}, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             out = subprocess.run(["ps", "-eo", "pid=,rss=,args="], capture_output=True, text=True).stdout
             for line in out.splitlines():
                 pid, rss, args = line.strip().split(None, 2)
                 if self.pattern in args:
                     self.peak[pid] = max(self.peak.get(pid, 0), int(rss) / 1024)
-            self._stop.wait(1.0)
+            self._halt.wait(1.0)
 
     def stop(self) -> dict:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return {pid: round(mb, 1) for pid, mb in self.peak.items()}
 
@@ -66,17 +66,21 @@ def main() -> None:
         name = key.replace("+", "plus")
         config = {"method": method, "num-server-rounds": args.rounds, "seed": args.seed, "run-name": name,
                   "output-dir": str(runs_dir), "data-dir": str(default_data_dir())}
-        sampler = RssSampler("ClientAppActor")
-        sampler.start()
-        t0 = time.perf_counter()
-        code = simulate(num_supernodes=args.clients, run_config=config, stream=False)
-        wall = time.perf_counter() - t0
-        rss = sampler.stop()
         folder = runs_dir / name
+        if (folder / "summary.json").exists():  # finished earlier, its result not recorded: reuse it
+            code, wall, rss = 0, None, None
+        else:
+            sampler = RssSampler("ClientAppActor")
+            sampler.start()
+            t0 = time.perf_counter()
+            code = simulate(num_supernodes=args.clients, run_config=config, stream=False)
+            wall = time.perf_counter() - t0
+            rss = sampler.stop()
         lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((folder / "summary.json").read_text()) if code == 0 else {}
         results[key] = {
-            "method": method, "status": "completed" if code == 0 else "failed", "wall_s": round(wall, 1),
+            "method": method, "status": "completed" if code == 0 else "failed",
+            "wall_s": round(wall, 1) if wall else None,
             "final_accuracy": lines[-1].get("accuracy"), "accuracy_by_round": [x.get("accuracy") for x in lines],
             "bytes_up_per_round": lines[-1]["bytes_up"], "bytes_down_per_round": [x["bytes_down"] for x in lines],
             "total_mb_up": round(lines[-1]["total_bytes_up"] / 1e6, 3),

@@ -37,7 +37,7 @@ class TTAdapterConfig(BaseModel):
     shape: tuple[int, ...] | None = Field(
         None, description="TT shape for both projections; None picks a preset or factors automatically"
     )
-    forward_mode: Literal["rebuild", "contract"] = "rebuild"
+    forward_mode: Literal["auto", "rebuild", "contract"] = "auto"
 
     @field_validator("shape")
     @classmethod

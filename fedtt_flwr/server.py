@@ -107,8 +107,8 @@ def main(grid: Grid, context: Context) -> dict:
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)
     task = get_task(cfg.task)
+    torch.manual_seed(cfg.seed)  # the one initialisation (new head, then adapters) every client starts from
     model, tokenizer = load_model(cfg.model, "classification", num_labels=len(task.labels), dtype=cfg.dtype)
-    torch.manual_seed(cfg.seed)  # the one initialisation every client starts from
     add_tt_adapters(model, cfg.adapter_config())
     device = pick_device(cfg.device)
     model.to(device)

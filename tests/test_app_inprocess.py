@@ -114,3 +114,13 @@ def test_every_config_key_is_documented():
     missing = [f.alias or n for n, f in RunConfig.model_fields.items()
                if f"| `{n.replace('_', '-')}` |" not in doc]
     assert not missing, f"undocumented run-config keys: {missing}"
+
+
+def test_same_seed_gives_the_same_initial_adapters(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    from fedtt_flwr.checkpoint import read_adapter
+
+    states = []
+    for name in ("a", "b"):
+        run_app(tmp_path / name, tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1, "central-eval": False})
+        states.append(read_adapter(tmp_path / name / "runs" / "test" / "adapter.safetensors")[0])
+    assert all((states[0][k] == states[1][k]).all() for k in states[0])
