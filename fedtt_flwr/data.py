@@ -134,6 +134,10 @@ def load_split(task_name: str, split: str, data_dir: str | os.PathLike | None = 
         if not path.is_file():
             raise FileNotFoundError(f"task {task.name}: no {split} file at {path} (data-dir={data_dir})")
         return _to_dataset(task, task.reader(path), str(path))
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"task {task.name}: no data folder given or found (data-dir, ${DATA_DIR_ENV}, ../shared/data) and the "
+            "hub is offline (HF_HUB_OFFLINE=1); point data-dir at a folder laid out like GLUE/SuperGLUE")
     from datasets import load_dataset  # the hub path, for machines with network access
 
     hub_split = "validation" if split == "dev" else "train"

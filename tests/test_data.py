@@ -50,6 +50,14 @@ def test_local_readers_for_each_format(tmp_path):
     assert load_split("boolq", "dev", tmp_path)["label"] == [1]
 
 
+def test_no_data_folder_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDTT_DATA_DIR", "")
+    monkeypatch.setattr("fedtt_flwr.data.default_data_dir", lambda: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="no data folder given or found .* hub is offline"):
+        load_split("sst2", "dev")
+
+
 def test_bad_task_split_label_and_missing_file_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown task 'sst3'"):
         load_split("sst3", "dev", tmp_path)
