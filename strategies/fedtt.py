@@ -94,10 +94,6 @@ class FedTT(Strategy):
     def arrays_key(self) -> str:
         return getattr(self.inner, "arrayrecord_key", "arrays")
 
-    @property
-    def config_key(self) -> str:
-        return getattr(self.inner, "configrecord_key", "config")
-
     def travelling(self, arrays: ArrayRecord) -> list[str]:
         names = [n for n in arrays if self.include(n)]
         if not names:
