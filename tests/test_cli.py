@@ -42,3 +42,28 @@ def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "fedtt_flwr.cli", "params", "--model", "roberta-base"],
                          capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert json.loads(out.stdout)["tt"]["core_params"] == 37_440
+
+
+def test_simulate_rejects_a_bad_setting_before_starting_anything(capsys, monkeypatch):
+    import fedtt_flwr.launch as launch
+
+    monkeypatch.setattr(launch, "simulate", lambda **kw: (_ for _ in ()).throw(AssertionError("started")))
+    assert main(["simulate", "--set", "rank=0"]) == 2
+    assert "'rank': Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main(["simulate", "--set", "rank"]) == 2
+    assert "--set expects key=value" in capsys.readouterr().err
+
+
+def test_simulate_passes_absolute_paths_and_typed_values(monkeypatch, tmp_path):
+    import fedtt_flwr.launch as launch
+
+    seen = {}
+    monkeypatch.setattr(launch, "simulate", lambda **kw: seen.update(kw) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "--num-clients", "4", "--set", "method=fedtt+", "--set", "alpha=0.1",
+                 "--set", "central-eval=false", "--set", "output-dir=out"]) == 0
+    cfg = seen["run_config"]
+    assert seen["num_supernodes"] == 4
+    assert cfg["method"] == "fedtt+" and cfg["alpha"] == 0.1 and cfg["central-eval"] is False
+    assert cfg["output-dir"] == str(tmp_path / "out")
+    assert launch.format_overrides({"a": 1, "b": "x y", "c": True}) == 'a=1 b="x y" c=true'
