@@ -44,15 +44,27 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class TTAdapter(nn.Module):
-    """``Adapter(z) = TT_up(act(TT_down(z))) * scaling``."""
+    """``Adapter(z) = TT_up(act(TT_down(z))) * scaling``.
+
+    With ``config.dense`` (the Houlsby baseline) ``down`` and ``up`` are plain ``nn.Linear`` layers,
+    initialised near identity (weights ~ N(0, 1e-2^2), biases 0) as in Houlsby et al. (2019)."""
 
     def __init__(self, hidden: int, config: TTAdapterConfig, device: torch.device | None = None) -> None:
         super().__init__()
         b = config.bottleneck
-        common = {"rank": config.rank, "bias": config.bias, "forward_mode": config.forward_mode, "device": device}
-        self.down = TTLinear(hidden, b, shape=config.shape_for(hidden, b), **common)
+        if config.dense:
+            self.down = nn.Linear(hidden, b, bias=config.bias, device=device)
+            self.up = nn.Linear(b, hidden, bias=config.bias, device=device)
+            for layer in (self.down, self.up):
+                nn.init.normal_(layer.weight, std=1e-2)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        else:
+            common = {"rank": config.rank, "bias": config.bias, "forward_mode": config.forward_mode,
+                      "device": device}
+            self.down = TTLinear(hidden, b, shape=config.shape_for(hidden, b), **common)
+            self.up = TTLinear(b, hidden, shape=config.shape_for(b, hidden), **common)
         self.act = _ACTIVATIONS[config.activation]()
-        self.up = TTLinear(b, hidden, shape=config.shape_for(b, hidden), **common)
         self.scaling = config.scaling
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -92,7 +104,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _head_param_names(model: nn.Module) -> list[str]:
+def head_param_names(model: nn.Module) -> list[str]:
     """Parameters of the task head: outside the base model (``base_model_prefix``), or newly
     initialised when the checkpoint was loaded, never the (frozen) LM output embeddings."""
     prefix = getattr(model, "base_model_prefix", "")
@@ -149,12 +161,12 @@ def add_tt_adapters(model: nn.Module, config: TTAdapterConfig | None = None) -> 
         p.requires_grad_(False)
     if config.tensorized_classifier:
         _tensorize_classifier(model, config)
-    head = set(_head_param_names(model)) if config.train_head else set()
+    head = set(head_param_names(model)) if config.train_head else set()
     for name, base, position in targets:
         hidden = base.in_features if position == "input" else base.out_features
         adapter = TTAdapter(hidden, config, device=base.weight.device)
         _replace(model, name, AdaptedLinear(base, adapter, position))
-    tt = tt_param_names(model)
+    tt = tt_param_names(model) | {n for n, _ in model.named_parameters() if ".adapter." in f".{n}"}
     norms = set()
     if config.train_layernorm:
         for mname, module in model.named_modules():

@@ -22,13 +22,13 @@ FORMAT = "fedtt-flwr/adapter/v1"
 def save_adapter(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
     """Write ``get_adapter_state(model)`` plus the adapter config and base-model description to ``path``
     (atomically: a temporary file renamed into place). ``extra`` lands in the metadata as JSON."""
+    if getattr(model, "fedtt_state_names", None) is None:
+        raise ValueError("this model has no adapters (add_tt_adapters / methods.add_lora): nothing to save")
     config = getattr(model, "fedtt_config", None)
-    if config is None:
-        raise ValueError("this model has no TT adapters: nothing to save")
     source = getattr(model, "fedtt_source", {})
     meta = {
         "format": FORMAT,
-        "adapter_config": config.model_dump_json(),
+        "adapter_config": config.model_dump_json() if config is not None else "null",
         "source": json.dumps(source),
         "extra": json.dumps(extra),
     }
@@ -40,14 +40,15 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Pat
     return path
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[dict, TTAdapterConfig, dict[str, Any]]:
+def read_adapter(path: str | os.PathLike) -> tuple[dict, TTAdapterConfig | None, dict[str, Any]]:
     """``(state, config, source)`` from an adapter file; a file of another kind is a clear error."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a fedtt-flwr adapter file (format={meta.get('format')!r})")
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    config = TTAdapterConfig.model_validate_json(meta["adapter_config"])
+    raw = meta["adapter_config"]
+    config = None if raw == "null" else TTAdapterConfig.model_validate_json(raw)
     return state, config, json.loads(meta["source"])
 
 
@@ -57,6 +58,9 @@ def load_adapted_model(
     """Re-create the fine-tuned model: load the base model, add adapters with the saved config, and load
     the saved tensors. ``base_model`` overrides the name stored in the file (e.g. a local copy)."""
     state, config, source = read_adapter(path)
+    if config is None:
+        raise ValueError(f"{path} holds LoRA-family tensors (no TT adapter config): rebuild the model with "
+                         "fedtt_flwr.methods.build_model and load them with set_adapter_state")
     name = base_model or source.get("model")
     if not name:
         raise ValueError(f"{path} does not name its base model: pass base_model=")

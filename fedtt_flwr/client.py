@@ -19,15 +19,18 @@ from transformers import PreTrainedTokenizerBase
 
 from strategies.protocol import receive_global, round_trainable
 
-from .adapters import add_tt_adapters, get_adapter_state, set_adapter_state
+from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig
-from .data import PartitionSpec, get_task, load_task, partition
-from .models import load_model, pick_device
+from .data import PartitionSpec, load_task, partition
+from .methods import build_model
+from .models import pick_device
 from .train import cycle, make_loader, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
 disable_progress_bar()  # one bar per client and round drowns the run log
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: methods whose server may send only the frozen tensors that changed (clients keep a copy)
+STATEFUL_METHODS = ("fedtt+", "rolora")
 
 
 @dataclass
@@ -37,20 +40,22 @@ class Session:
     device: torch.device
 
 
-@functools.lru_cache(maxsize=2)
-def _session(model_name: str, num_labels: int, adapter_json: str, dtype: str, device: str) -> Session:
-    from .config import TTAdapterConfig
+#: the run-config keys that decide how the model is built (anything else can change between rounds)
+MODEL_KEYS = ("model", "task", "method", "rank", "bottleneck", "adapter_bias", "lora_rank", "lora_alpha", "seed",
+              "dtype", "device")
 
-    model, tokenizer = load_model(model_name, "classification", num_labels=num_labels, dtype=dtype)
-    add_tt_adapters(model, TTAdapterConfig.model_validate_json(adapter_json))
-    dev = pick_device(device)
+
+@functools.lru_cache(maxsize=2)
+def _session(model_key: tuple) -> Session:
+    cfg = RunConfig(**dict(zip(MODEL_KEYS, model_key, strict=True)))
+    model, tokenizer = build_model(cfg)
+    dev = pick_device(cfg.device)
     return Session(model.to(dev), tokenizer, dev)
 
 
 def session(cfg: RunConfig) -> Session:
     """The process-wide model for this run config (built on first use, then reused)."""
-    labels = len(get_task(cfg.task).labels)
-    return _session(cfg.model, labels, cfg.adapter_config().model_dump_json(), cfg.dtype, cfg.device)
+    return _session(tuple(getattr(cfg, k) for k in MODEL_KEYS))
 
 
 @functools.lru_cache(maxsize=2)
@@ -87,7 +92,7 @@ def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
 
 
 def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Session) -> None:
-    cache = context.state if cfg.method == "fedtt+" and cfg.sync == "delta" else None
+    cache = context.state if cfg.method in STATEFUL_METHODS and cfg.sync == "delta" else None
     received = receive_global(msg.content, cache)
     set_adapter_state(sess.model, {n: a.numpy() for n, a in received.items()})
 

@@ -38,6 +38,8 @@ class TTAdapterConfig(BaseModel):
         None, description="TT shape for both projections; None picks a preset or factors automatically"
     )
     forward_mode: Literal["auto", "rebuild", "contract"] = "auto"
+    dense: bool = Field(False, description="baseline: a dense (Houlsby) adapter at the same placement and "
+                                           "bottleneck instead of TT layers")
 
     @field_validator("shape")
     @classmethod
@@ -58,7 +60,7 @@ class TTAdapterConfig(BaseModel):
         return self.shape
 
 
-Method = Literal["fedtt", "fedtt+"]
+Method = Literal["fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter"]
 Partition = Literal["iid", "dirichlet", "pathological"]
 ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian"]
 
@@ -82,6 +84,8 @@ class RunConfig(BaseModel):
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
     schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
     sync: Literal["delta", "full"] = "delta"
+    lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     # federation
     num_server_rounds: int = Field(3, ge=1)
     fraction_train: float = Field(1.0, gt=0, le=1)
@@ -141,7 +145,8 @@ class RunConfig(BaseModel):
         return v
 
     def adapter_config(self) -> TTAdapterConfig:
-        return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias)
+        return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
+                               dense=self.method == "adapter")
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:

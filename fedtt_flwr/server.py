@@ -14,7 +14,6 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets.utils.logging import disable_progress_bar
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
@@ -30,13 +29,14 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from strategies import FedTT, FedTTPlus, make_schedule
+from strategies import FedAlternating, FedTT, FedTTPlus, make_schedule
 
-from .adapters import add_tt_adapters, get_adapter_state, set_adapter_state
+from .adapters import get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
 from .config import RunConfig
 from .data import get_task, load_task
-from .models import load_model, pick_device
+from .methods import LORA_METHODS, build_model
+from .models import pick_device
 from .train import evaluate, make_loader, tokenize
 
 disable_progress_bar()
@@ -61,11 +61,15 @@ def inner_strategy(cfg: RunConfig) -> Strategy:
 
 
 def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
+    """FedTT+ for ``fedtt+``, the A/B alternation for ``rolora``, plain FedTT (every travelling tensor,
+    every round) for ``fedtt``, ``adapter``, ``lora`` and ``ffa-lora``."""
     inner = inner_strategy(cfg)
-    if cfg.method == "fedtt":
-        return FedTT(inner, include=travelling)
-    schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
-    return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync)
+    if cfg.method == "fedtt+":
+        schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
+        return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync)
+    if cfg.method == "rolora":
+        return FedAlternating(inner, include=travelling, sync=cfg.sync)
+    return FedTT(inner, include=travelling)
 
 
 def run_folder(cfg: RunConfig) -> Path:
@@ -107,9 +111,7 @@ def main(grid: Grid, context: Context) -> dict:
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)
     task = get_task(cfg.task)
-    torch.manual_seed(cfg.seed)  # the one initialisation (new head, then adapters) every client starts from
-    model, tokenizer = load_model(cfg.model, "classification", num_labels=len(task.labels), dtype=cfg.dtype)
-    add_tt_adapters(model, cfg.adapter_config())
+    model, tokenizer = build_model(cfg)  # seeded: the one initialisation every client starts from
     device = pick_device(cfg.device)
     model.to(device)
     state = get_adapter_state(model)
@@ -121,9 +123,11 @@ def main(grid: Grid, context: Context) -> dict:
     if note:
         log(INFO, "[fedtt] %s", note)
     (out / "config.json").write_text(json.dumps({
-        "run_config": cfg.model_dump(by_alias=True), "adapter_config": cfg.adapter_config().model_dump(),
+        "run_config": cfg.model_dump(by_alias=True), "method": cfg.method,
+        "adapter_config": cfg.adapter_config().model_dump() if cfg.method not in LORA_METHODS else None,
         "travelling_tensors": len(state), "travelling_params": int(sum(t.numel() for t in state.values())),
-        "data_note": note, "strategy": repr(strategy.schedule), "inner": type(strategy.inner).__name__,
+        "data_note": note, "strategy": type(strategy).__name__, "schedule": repr(strategy.schedule),
+        "inner": type(strategy.inner).__name__,
     }, indent=2))
     dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length), tokenizer, cfg.eval_batch_size, False)
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])

@@ -1,6 +1,6 @@
 """Flower strategies for tensor-train adapters (numpy and Flower only; no torch)."""
 
-from .fedtt import DEFAULT_INCLUDE, PLAN_KEY, SYNC_KEY, FedTT, FedTTPlus, record_bytes
+from .fedtt import DEFAULT_INCLUDE, PLAN_KEY, SYNC_KEY, FedAlternating, FedTT, FedTTPlus, record_bytes
 from .protocol import CACHE_KEY, receive_global, round_trainable
 from .schedules import (
     AllSchedule,
@@ -21,6 +21,7 @@ __all__ = [
     "SYNC_KEY",
     "AllSchedule",
     "CyclicSchedule",
+    "FedAlternating",
     "FedTT",
     "FedTTPlus",
     "FixedSchedule",

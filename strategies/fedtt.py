@@ -31,7 +31,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from .schedules import AllSchedule, Schedule, cores_per_layer, encode_plan, plan_for_round, trainable_names
+from .schedules import (
+    AllSchedule,
+    Schedule,
+    cores_per_layer,
+    decode_plan,
+    encode_plan,
+    plan_for_round,
+    trainable_names,
+)
 
 #: Names of the tensors that travel by default: TT cores, everything inside an adapter, and common
 #: task-head names. Pass ``include=`` for other naming schemes.
@@ -103,8 +111,11 @@ class FedTT(Strategy):
             )
         return names
 
-    def plan(self, server_round: int, names: list[str]) -> dict[int, list[int]]:
-        return plan_for_round(self.schedule, server_round, cores_per_layer(names).values())
+    def select(self, server_round: int, names: list[str]) -> tuple[list[str], str | None, str]:
+        """``(trainable names, plan to announce in the config or None, label for the logs)`` of a round.
+        FedTT/FedTT+ follow the core schedule; subclasses may choose tensors another way."""
+        plan = encode_plan(plan_for_round(self.schedule, server_round, cores_per_layer(names).values()))
+        return trainable_names(names, decode_plan(plan)), plan, plan
 
     def _round(self, server_round: int) -> dict:
         return self.rounds.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "rejected": 0})
@@ -173,13 +184,13 @@ class FedTT(Strategy):
     ) -> Iterable[Message]:
         self._track_versions(arrays)
         names = self.travelling(arrays)
-        plan = self.plan(server_round, names)
-        train = trainable_names(names, plan)
+        train, plan, label = self.select(server_round, names)
         frozen = [n for n in names if n not in set(train)]
         self._expected = train
-        config[PLAN_KEY] = encode_plan(plan)
+        if plan is not None:
+            config[PLAN_KEY] = plan
         stats = self._round(server_round)
-        stats.update(plan=config[PLAN_KEY], trainable=len(train), frozen=len(frozen))
+        stats.update(plan=label, trainable=len(train), frozen=len(frozen))
         # The inner strategy sees every travelling tensor, every round (FedOpt and the DP wrappers keep
         # per-tensor state); frozen tensors are filled in server-side when the replies come back.
         self._travelling = names
@@ -275,3 +286,27 @@ class FedTTPlus(FedTT):
 
         self.schedule = schedule if schedule is not None else CyclicSchedule()
         self.sync = sync
+
+
+class FedAlternating(FedTT):
+    """RoLoRA-style alternation: round t trains and sends only the tensors of group ``(t-1) % len(groups)``
+    (regexes; default LoRA's A then B), plus every tensor in no group (e.g. the head). The other group
+    stays frozen and bit-identical that round; with ``sync="delta"`` it comes down only when changed."""
+
+    def __init__(
+        self,
+        inner: Strategy | None = None,
+        include: Include = None,
+        groups: tuple[str, ...] = (r"\.lora_A\.", r"\.lora_B\."),
+        sync: Literal["full", "delta"] = "delta",
+    ) -> None:
+        super().__init__(inner, include)
+        if len(groups) < 2:
+            raise ValueError("FedAlternating needs at least two groups to alternate between")
+        self.groups = tuple(re.compile(g) for g in groups)
+        self.sync = sync
+
+    def select(self, server_round: int, names: list[str]) -> tuple[list[str], str | None, str]:
+        active = self.groups[(server_round - 1) % len(self.groups)]
+        train = [n for n in names if active.search(n) or not any(g.search(n) for g in self.groups)]
+        return train, None, f"group {active.pattern}"
