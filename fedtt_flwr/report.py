@@ -47,6 +47,39 @@ def lora_shapes(model: nn.Module, rank: int, targets: list[str]) -> dict[str, tu
     return shapes
 
 
+def _numel(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(int(np.prod(s)) for s in shapes.values())
+
+
+def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTAdapterConfig,
+                 tt_state: dict, lora: dict, head: dict, rounds: int = 12) -> dict:
+    """Per method: trainable values and uplink bytes per round for one client (mean over ``rounds``
+    rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns)."""
+    from strategies.schedules import CyclicSchedule, cores_per_layer, plan_for_round, trainable_names
+
+    counts = cores_per_layer(tt_state).values()
+    plus = [serialized_bytes({n: tt_state[n] for n in trainable_names(
+        list(tt_state), plan_for_round(CyclicSchedule(), r, counts))}) for r in range(1, rounds + 1)]
+    dense_model = add_tt_adapters(build_empty_model(model_name, task_kind, num_labels),
+                                  cfg.model_copy(update={"dense": True}))
+    dense = {n: tuple(p.shape) for n, p in dense_model.named_parameters() if n in set(dense_model.fedtt_state_names)}
+    a = {n: v for n, v in lora.items() if ".lora_A." in n}
+    b = {n: v for n, v in lora.items() if ".lora_B." in n}
+    rolora = [serialized_bytes({**(a if r % 2 else b), **head}) for r in range(1, rounds + 1)]
+    def row(trained: dict, sent: float | None = None) -> dict:
+        up = serialized_bytes(trained) if sent is None else round(float(sent))
+        return {"trainable_params": _numel(trained), "bytes_up_per_round": up}
+
+    return {
+        "fedtt": row(tt_state),
+        "fedtt+": row(tt_state, np.mean(plus)),
+        "adapter": row(dense),
+        "lora": row({**lora, **head}),
+        "ffa-lora": row({**b, **head}),
+        "rolora": row({**lora, **head}, np.mean(rolora)),
+    }
+
+
 def param_report(
     model_name: str,
     rank: int = 5,
@@ -67,12 +100,12 @@ def param_report(
     layers = tt_layers(model)
     tt_names = tt_param_names(model)
     head = {n: s for n, s in tt_state.items() if n not in tt_names}
-    lora_params = sum(int(np.prod(s)) for s in lora.values())
-    head_params = sum(int(np.prod(s)) for s in head.values())
+    lora_params, head_params = _numel(lora), _numel(head)
     tt_bytes = serialized_bytes(tt_state)
     lora_bytes = serialized_bytes({**lora, **head})
     cfg_model = model.config
     return {
+        "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, head),
         "model": model_name,
         "model_type": cfg_model.model_type,
         "hidden_size": cfg_model.hidden_size,
@@ -99,5 +132,6 @@ def param_report(
         },
         "lora_over_tt_params": round((lora_params + head_params) / counts["travelling"], 3),
         "lora_over_tt_bytes": round(lora_bytes / tt_bytes, 3),
-        "note": "bytes_per_round: serialized fp32 arrays one client sends up in one round (the same comes down)",
+        "note": "bytes_per_round: serialized fp32 arrays one client sends up in one round (FedTT: the same comes "
+                "down); methods: uplink per client and round, averaged over 12 rounds for fedtt+ and rolora",
     }

@@ -67,3 +67,15 @@ def test_simulate_passes_absolute_paths_and_typed_values(monkeypatch, tmp_path):
     assert cfg["method"] == "fedtt+" and cfg["alpha"] == 0.1 and cfg["central-eval"] is False
     assert cfg["output-dir"] == str(tmp_path / "out")
     assert launch.format_overrides({"a": 1, "b": "x y", "c": True}) == 'a=1 b="x y" c=true'
+
+
+def test_params_report_covers_every_method(capsys):
+    assert main(["params", "--model", "minilm"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    methods = report["methods"]
+    assert set(methods) == {"fedtt", "fedtt+", "adapter", "lora", "ffa-lora", "rolora"}
+    assert methods["fedtt"]["bytes_up_per_round"] == report["tt"]["bytes_per_round"]
+    assert methods["lora"]["bytes_up_per_round"] == report["lora"]["bytes_per_round"]
+    assert methods["fedtt+"]["bytes_up_per_round"] <= methods["fedtt"]["bytes_up_per_round"] / 2
+    assert methods["ffa-lora"]["trainable_params"] == 6 * 2 * 8 * 384 + 770  # B only, plus the head
+    assert methods["adapter"]["trainable_params"] == 12 * 2 * 384 * 64 + 770  # dense down + up, no biases
