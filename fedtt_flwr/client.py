@@ -21,7 +21,7 @@ from strategies.protocol import receive_global, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig
-from .data import PartitionSpec, load_task, partition
+from .data import PartitionSpec, check_partition_id, load_task, make_partitioner
 from .methods import build_model
 from .models import pick_device
 from .train import cycle, make_loader, tokenize, train_steps
@@ -64,16 +64,26 @@ def _task_data(task: str, data_dir: str) -> tuple[Dataset, Dataset]:
     return train, dev
 
 
+@functools.lru_cache(maxsize=4)
+def _partitioner(task: str, data_dir: str, split: str, spec: PartitionSpec):
+    """One partitioner per dataset and spec, so the split of the whole dataset is computed once per
+    process rather than once per client."""
+    train, dev = _task_data(task, data_dir)
+    p = make_partitioner(spec)
+    p.dataset = train if split == "train" else dev
+    return p
+
+
 @functools.lru_cache(maxsize=64)
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str) -> Dataset:
     """This client's tokenized share: its partition of train (by the run's partitioning) or its IID
     shard of dev (for federated evaluation). Cached per process."""
-    train, dev = _task_data(cfg.task, cfg.data_dir)
     if split == "train":
         spec = PartitionSpec(cfg.partition, num_partitions, cfg.alpha, cfg.classes_per_client, cfg.seed)
-        part = partition(train, spec, partition_id)
     else:
-        part = partition(dev, PartitionSpec("iid", num_partitions, seed=cfg.seed), partition_id)
+        spec = PartitionSpec("iid", num_partitions, seed=cfg.seed)
+    check_partition_id(spec, partition_id)
+    part = _partitioner(cfg.task, cfg.data_dir, split, spec).load_partition(partition_id)
     return tokenize(part, session(cfg).tokenizer, cfg.max_length)
 
 

@@ -220,10 +220,14 @@ def make_partitioner(spec: PartitionSpec):
     raise ValueError(f"unknown partition {spec.kind!r}: use iid, dirichlet or pathological")
 
 
-def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int) -> Dataset:
-    """One client's share of ``dataset``."""
+def check_partition_id(spec: PartitionSpec, partition_id: int) -> None:
     if not 0 <= partition_id < spec.num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside 0..{spec.num_partitions - 1}")
+
+
+def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int) -> Dataset:
+    """One client's share of ``dataset``."""
+    check_partition_id(spec, partition_id)
     p = make_partitioner(spec)
     p.dataset = dataset
     return p.load_partition(partition_id)
