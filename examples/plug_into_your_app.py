@@ -75,12 +75,9 @@ def train(msg: Message, context: Context) -> Message:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from flwr.supercore.task_identity import TaskIdentity
-    from inprocess_grid import InProcessGrid
+
+    from fedtt_flwr.inprocess import InProcessGrid
 
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # only needed outside Flower
     server_app(InProcessGrid(client_app, num_nodes=3), Context(1, 0, {}, RecordDict(), {}))

@@ -122,6 +122,8 @@ def head_param_names(model: nn.Module) -> list[str]:
 
 def _tensorize_classifier(model: nn.Module, config: TTAdapterConfig) -> None:
     dense = getattr(getattr(model, "classifier", None), "dense", None)
+    if config.tensorized_classifier == "auto" and (config.dense or not isinstance(dense, nn.Linear)):
+        return
     if not isinstance(dense, nn.Linear):
         raise ValueError(
             "tensorized_classifier=True needs a RoBERTa-style head with a `classifier.dense` nn.Linear; "
@@ -159,7 +161,7 @@ def add_tt_adapters(model: nn.Module, config: TTAdapterConfig | None = None) -> 
         )
     for p in model.parameters():
         p.requires_grad_(False)
-    if config.tensorized_classifier:
+    if config.tensorized_classifier:  # True or "auto"
         _tensorize_classifier(model, config)
     head = set(head_param_names(model)) if config.train_head else set()
     for name, base, position in targets:

@@ -1,4 +1,4 @@
-"""Centralized (non-federated) fine-tune with TT adapters: the upper reference for federated runs."""
+"""Centralized (non-federated) fine-tune, TT adapters or a baseline: the upper reference for federated runs."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import get_linear_schedule_with_warmup
 
-from .adapters import add_tt_adapters, count_parameters
+from .adapters import count_parameters
 from .checkpoint import save_adapter
-from .config import TTAdapterConfig
-from .data import get_task, load_split
-from .models import load_model, pick_device
+from .config import RunConfig
+from .data import load_split
+from .methods import build_model
+from .models import pick_device
 from .train import cycle, evaluate, make_loader, tokenize, train_steps
 
 
@@ -24,6 +26,8 @@ class FinetuneConfig(BaseModel):
 
     model: str = "minilm"
     task: str = "sst2"
+    method: Literal["fedtt", "adapter", "lora", "ffa-lora"] = Field(
+        "fedtt", description="fedtt: TT adapters; adapter: dense adapter; lora / ffa-lora: peft LoRA on query/value")
     data_dir: str | None = Field(None, description="folder laid out like shared/data; None: $FEDTT_DATA_DIR, "
                                                      "../shared/data, or the hub")
     train_size: int = Field(10_000, ge=1)
@@ -32,6 +36,7 @@ class FinetuneConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     rank: int = Field(5, ge=1)
+    lora_rank: int = Field(8, ge=1)
     adapter_bias: bool = False
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, then linear decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
@@ -42,31 +47,31 @@ class FinetuneConfig(BaseModel):
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train on the first ``train_size`` shuffled training examples; evaluate on the dev split."""
-    task = get_task(cfg.task)
-    torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     train = load_split(cfg.task, "train", cfg.data_dir).shuffle(seed=cfg.seed)
     train = train.select(range(min(cfg.train_size, len(train))))
     dev = load_split(cfg.task, "dev", cfg.data_dir)
-    model, tokenizer = load_model(cfg.model, "classification", num_labels=len(task.labels))
-    add_tt_adapters(model, TTAdapterConfig(rank=cfg.rank, bias=cfg.adapter_bias))
+    model, tokenizer = build_model(RunConfig(model=cfg.model, task=cfg.task, method=cfg.method, rank=cfg.rank,
+                                             lora_rank=cfg.lora_rank, adapter_bias=cfg.adapter_bias, seed=cfg.seed))
     model.to(device)
     train_loader = make_loader(tokenize(train, tokenizer, cfg.max_length), tokenizer, cfg.batch_size, True, cfg.seed)
     dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length), tokenizer, 128, False)
     steps = math.ceil(cfg.epochs * len(train_loader))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * steps), steps)
-    print(f"fine-tuning {cfg.model} on {cfg.task}: {len(train)} examples, {steps} steps, device {device}", flush=True)
+    print(f"fine-tuning {cfg.model} ({cfg.method}) on {cfg.task}: {len(train)} examples, {steps} steps, "
+          f"device {device}", flush=True)
     t0 = time.perf_counter()
     stats = train_steps(model, cycle(train_loader), optimizer, steps, device,
                         log_every=max(steps // 10, 1), scheduler=scheduler,
                         max_grad_norm=cfg.max_grad_norm or None)
     train_s = time.perf_counter() - t0
     metrics = evaluate(model, dev_loader, cfg.task, device)
-    name = f"finetune-{cfg.model}-{cfg.task}-r{cfg.rank}{'-bias' if cfg.adapter_bias else ''}-s{cfg.seed}"
+    rank = f"r{cfg.lora_rank}" if cfg.method in ("lora", "ffa-lora") else f"r{cfg.rank}"
+    name = f"finetune-{cfg.model}-{cfg.task}-{cfg.method}-{rank}{'-bias' if cfg.adapter_bias else ''}-s{cfg.seed}"
     out = Path(cfg.output_dir).resolve() / name
     out.mkdir(parents=True, exist_ok=True)
-    adapter_file = save_adapter(model, out / "adapter.safetensors", task=cfg.task)
+    adapter_file = save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
     result = {
         "config": cfg.model_dump(),
         "dev": metrics,

@@ -15,7 +15,7 @@ def _params(args: argparse.Namespace) -> int:
     from .report import param_report
 
     cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias,
-                          tensorized_classifier=args.tensorized_classifier)
+                          tensorized_classifier={"on": True, "off": False}.get(args.tensorized_classifier, "auto"))
     report = param_report(args.model, lora_rank=args.lora_rank, task_kind=args.task_kind,
                           num_labels=args.num_labels, adapter_config=cfg)
     print(json.dumps(report, indent=2 if args.pretty else None))
@@ -74,16 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--bias", action="store_true", help="TT layers with biases (they train and travel)")
-    p.add_argument("--tensorized-classifier", action="store_true")
+    p.add_argument("--tensorized-classifier", choices=("auto", "on", "off"), default="auto",
+                   help="a RoBERTa-style classifier.dense as a TT layer (auto: where the head has one)")
     p.add_argument("--task-kind", choices=["classification", "causal-lm"], default=None,
                    help="default: causal-lm for decoder models, classification otherwise")
     p.add_argument("--num-labels", type=int, default=2)
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.set_defaults(func=_params)
 
-    f = sub.add_parser("finetune", help="centralized fine-tune with TT adapters (a reference run)")
+    f = sub.add_parser("finetune", help="centralized fine-tune with TT adapters or a baseline (a reference run)")
     f.add_argument("--model")
     f.add_argument("--task")
+    f.add_argument("--method", help="fedtt (default), adapter, lora, ffa-lora")
     f.add_argument("--data-dir")
     f.add_argument("--train-size", type=int)
     f.add_argument("--epochs", type=float)
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int)
     f.add_argument("--lr", type=float)
     f.add_argument("--rank", type=int)
+    f.add_argument("--lora-rank", type=int)
     f.add_argument("--warmup", type=float)
     f.add_argument("--bias", dest="adapter_bias", action="store_const", const=True, help="TT layers with biases")
     f.add_argument("--max-grad-norm", type=float)

@@ -31,9 +31,9 @@ class TTAdapterConfig(BaseModel):
                                           "(ours): it costs 23-65% more bytes for little accuracy")
     train_layernorm: bool = Field(False, description="also train (and send) every LayerNorm/RMSNorm")
     train_head: bool = Field(True, description="train (and send) the newly initialised task head")
-    tensorized_classifier: bool = Field(
-        False, description="replace a RoBERTa-style classifier.dense (h x h) by a TT layer"
-    )
+    tensorized_classifier: bool | Literal["auto"] = Field(
+        "auto", description="replace a RoBERTa-style classifier.dense (h x h) by a TT layer (LoRETTA); auto: "
+                            "where the head has one (RoBERTa, XLM-R, ELECTRA, DeBERTa), never for dense=True")
     shape: tuple[int, ...] | None = Field(
         None, description="TT shape for both projections; None picks a preset or factors automatically"
     )
@@ -81,6 +81,8 @@ class RunConfig(BaseModel):
     rank: int = Field(5, ge=1)
     bottleneck: int = Field(64, ge=1)
     adapter_bias: bool = False
+    tensorized_classifier: bool | Literal["auto"] = Field(
+        "auto", description="a RoBERTa-style head's classifier.dense as a TT layer (auto: where there is one)")
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
     schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
     sync: Literal["delta", "full"] = "delta"
@@ -146,7 +148,7 @@ class RunConfig(BaseModel):
 
     def adapter_config(self) -> TTAdapterConfig:
         return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
-                               dense=self.method == "adapter")
+                               dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier)
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:

@@ -12,7 +12,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from torch import nn
 
-from .adapters import add_tt_adapters, count_parameters, tt_layers, tt_param_names
+from .adapters import add_tt_adapters, count_parameters, head_param_names, tt_layers, tt_param_names
 from .config import TaskKind, TTAdapterConfig
 from .models import build_empty_model
 
@@ -54,7 +54,8 @@ def _numel(shapes: dict[str, tuple[int, ...]]) -> int:
 def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTAdapterConfig,
                  tt_state: dict, lora: dict, head: dict, rounds: int = 12) -> dict:
     """Per method: trainable values and uplink bytes per round for one client (mean over ``rounds``
-    rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns)."""
+    rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns).
+    ``head``: the model's own (dense) head, which the LoRA methods train and send."""
     from strategies.schedules import CyclicSchedule, cores_per_layer, plan_for_round, trainable_names
 
     counts = cores_per_layer(tt_state).values()
@@ -93,6 +94,8 @@ def param_report(
     model = build_empty_model(model_name, task_kind, num_labels)
     targets = lora_targets(model)
     lora = lora_shapes(model, lora_rank, targets)
+    params = dict(model.named_parameters())
+    lora_head = {n: tuple(params[n].shape) for n in head_param_names(model)}  # LoRA keeps the dense head
     add_tt_adapters(model, cfg)
     params = dict(model.named_parameters())
     tt_state = {n: tuple(params[n].shape) for n in model.fedtt_state_names}
@@ -100,12 +103,12 @@ def param_report(
     layers = tt_layers(model)
     tt_names = tt_param_names(model)
     head = {n: s for n, s in tt_state.items() if n not in tt_names}
-    lora_params, head_params = _numel(lora), _numel(head)
+    lora_params, head_params, lora_head_params = _numel(lora), _numel(head), _numel(lora_head)
     tt_bytes = serialized_bytes(tt_state)
-    lora_bytes = serialized_bytes({**lora, **head})
+    lora_bytes = serialized_bytes({**lora, **lora_head})
     cfg_model = model.config
     return {
-        "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, head),
+        "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head),
         "model": model_name,
         "model_type": cfg_model.model_type,
         "hidden_size": cfg_model.hidden_size,
@@ -126,11 +129,11 @@ def param_report(
             "rank": lora_rank,
             "targets": targets,
             "adapter_params": lora_params,
-            "head_params": head_params,
-            "trainable_params": lora_params + head_params,
+            "head_params": lora_head_params,
+            "trainable_params": lora_params + lora_head_params,
             "bytes_per_round": lora_bytes,
         },
-        "lora_over_tt_params": round((lora_params + head_params) / counts["travelling"], 3),
+        "lora_over_tt_params": round((lora_params + lora_head_params) / counts["travelling"], 3),
         "lora_over_tt_bytes": round(lora_bytes / tt_bytes, 3),
         "note": "bytes_per_round: serialized fp32 arrays one client sends up in one round (FedTT: the same comes "
                 "down); methods: uplink per client and round, averaged over 12 rounds for fedtt+ and rolora",

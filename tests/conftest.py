@@ -17,6 +17,10 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and on a busy machine an oversubscribed thread pool
+# made a tiny TT fine-tune 100x slower (1.6 s -> 176 s, measured): one thread keeps the suite steady.
+torch.set_num_threads(1)
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,

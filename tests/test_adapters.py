@@ -50,7 +50,7 @@ def test_injection_freezes_backbone_and_places_adapters(family):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(model.fedtt_state_names)
     tt = {n for n in trainable if ".adapter." in n}
-    cores_per_layer = len(next(iter(tt_layers(model).values())).shape)
+    cores_per_layer = len(next(v for k, v in tt_layers(model).items() if ".adapter." in f".{k}.").shape)
     assert len(tt) == per_block * layers * 2 * (cores_per_layer + 1)  # cores + bias, down and up
     head = trainable - tt
     if family in DECODER_CONFIGS:
@@ -64,7 +64,8 @@ def test_outputs_change_only_through_adapters(family):
     model = tiny_model(family)
     inputs = _inputs(model)
     before = _out(model, inputs)
-    add_tt_adapters(model, TTAdapterConfig(rank=3, bottleneck=8, scaling=0.0, bias=True))
+    # the head keeps its dense classifier here: a tensorized one is a new layer, not a no-op
+    add_tt_adapters(model, TTAdapterConfig(rank=3, bottleneck=8, scaling=0.0, bias=True, tensorized_classifier=False))
     assert torch.allclose(_out(model, inputs), before, atol=1e-6), "a zero-scaled adapter must be a no-op"
     for layer in tt_layers(model).values():
         torch.nn.init.normal_(layer.bias)
@@ -146,6 +147,16 @@ def test_tensorized_classifier_and_layernorm_flags():
         add_tt_adapters(tiny_model("bert"), TTAdapterConfig(tensorized_classifier=True))
 
 
+def test_tensorized_classifier_auto_applies_where_there_is_a_dense_head():
+    assert isinstance(add_tt_adapters(tiny_model("roberta")).classifier.dense, TTLinear)  # the default: auto
+    assert isinstance(add_tt_adapters(tiny_model("roberta"), TTAdapterConfig(tensorized_classifier=False))
+                      .classifier.dense, torch.nn.Linear)
+    dense = add_tt_adapters(tiny_model("roberta"), TTAdapterConfig(dense=True))  # the dense baseline: dense head
+    assert type(dense.classifier.dense) is torch.nn.Linear and "classifier.dense.weight" in dense.fedtt_state_names
+    bert = add_tt_adapters(tiny_model("bert"))  # BERT's head is one Linear: nothing to tensorize
+    assert type(bert.classifier) is torch.nn.Linear
+
+
 def test_config_validation_errors():
     with pytest.raises(ValueError, match="rank"):
         TTAdapterConfig(rank=0)
@@ -163,6 +174,7 @@ def test_config_validation_errors():
     ("llama-2-7b", "causal-lm", 211_200),
 ])
 def test_worked_parameter_counts_on_configs_without_weights(name, kind, expected):
-    model = add_tt_adapters(build_empty_model(name, kind), TTAdapterConfig(rank=5, bias=True))
+    model = add_tt_adapters(build_empty_model(name, kind), TTAdapterConfig(rank=5, bias=True,
+                                                                            tensorized_classifier=False))
     assert next(model.parameters()).device.type == "meta"
     assert count_parameters(model)["tt_cores"] == expected

@@ -6,11 +6,11 @@ import json
 
 import pytest
 from flwr.app import Context, RecordDict
-from inprocess_grid import InProcessGrid
 
 from client_app.app import app as client_app
 from fedtt_flwr import client as client_module
 from fedtt_flwr.checkpoint import read_adapter
+from fedtt_flwr.inprocess import InProcessGrid
 from server_app.app import app as server_app
 
 

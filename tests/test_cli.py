@@ -41,7 +41,21 @@ def test_bad_setting_exits_2_with_message(capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "fedtt_flwr.cli", "params", "--model", "roberta-base"],
                          capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
-    assert json.loads(out.stdout)["tt"]["core_params"] == 37_440
+    assert json.loads(out.stdout)["model"] == "roberta-base"
+
+
+def test_roberta_report_tensorizes_the_classifier_but_lora_keeps_the_dense_head(capsys):
+    assert main(["params", "--model", "roberta-large"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    h = 1024
+    assert report["lora"]["head_params"] == h * h + h + 2 * h + 2  # classifier.dense + out_proj
+    assert report["tt"]["head_params"] == 2 * h + 2  # out_proj only: classifier.dense is TT cores now
+    assert report["lora_over_tt_bytes"] >= 10  # the method's claim at the size it was made for
+    assert main(["params", "--model", "roberta-large", "--tensorized-classifier", "off"]) == 0
+    dense_head = json.loads(capsys.readouterr().out)
+    assert dense_head["tt"]["head_params"] == report["lora"]["head_params"]
+    assert dense_head["lora"]["bytes_per_round"] == report["lora"]["bytes_per_round"]
+    assert dense_head["lora_over_tt_bytes"] < 2
 
 
 def test_simulate_rejects_a_bad_setting_before_starting_anything(capsys, monkeypatch):

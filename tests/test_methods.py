@@ -73,3 +73,18 @@ def test_methods_run_through_the_same_apps(tmp_path, tiny_model_dir, tiny_sst2_d
 def test_unknown_method_is_a_clear_error(tmp_path, tiny_model_dir, tiny_sst2_dir):
     with pytest.raises(ValueError, match="'method'"):
         run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, method="qlora")
+
+
+@pytest.mark.parametrize("method", ["fedtt", "lora"])
+def test_centralized_reference_trains_each_method(tmp_path, tiny_model_dir, tiny_sst2_dir, method):
+    from fedtt_flwr.centralized import FinetuneConfig, finetune
+    from fedtt_flwr.checkpoint import read_adapter
+
+    cfg = FinetuneConfig(model=str(tiny_model_dir), task="sst2", method=method, data_dir=str(tiny_sst2_dir),
+                         epochs=4, batch_size=8, max_length=16, lr=0.02, output_dir=str(tmp_path))
+    result = finetune(cfg)
+    assert result["dev"]["accuracy"] >= 0.9  # the tiny task is learnable by either method
+    state, adapter_config, _ = read_adapter(result["adapter_file"])
+    assert (adapter_config is None) == (method == "lora") and f"-{method}-" in result["adapter_file"]
+    assert any(".lora_B." in n for n in state) == (method == "lora")
+    assert result["params"]["travelling"] == sum(v.numel() for v in state.values())

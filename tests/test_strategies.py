@@ -17,8 +17,8 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedYogi,
 )
-from inprocess_grid import InProcessGrid
 
+from fedtt_flwr.inprocess import InProcessGrid
 from strategies import (
     SYNC_KEY,
     CyclicSchedule,
