@@ -241,7 +241,7 @@ def plots(results: dict[str, dict]) -> list[Path]:
             axes[0][j].set_title(title)
             axes[0][j].set_xlabel("round")
             axes[1][j].set_xlabel("cumulative MB up (all clients)")
-            axes[1][j].set_xscale("symlog", linthresh=1.0)
+            axes[1][j].set_xscale("symlog", linthresh=0.1)
             for i in range(2):
                 axes[i][j].set_ylabel(f"dev {main}")
                 axes[i][j].grid(alpha=0.3)
@@ -270,6 +270,23 @@ def shape_table() -> str:
 
 
 DOC = RESULTS.parents[1] / "docs" / "results.md"
+CHECK = RESULTS / "grid_flwr_check.json"
+
+
+def check_table() -> str:
+    """The `flwr run` vs in-process comparison, one row per method."""
+    if not CHECK.exists():
+        return "*Not run yet: `.venv/bin/python benchmarks/grid.py --check-flwr`.*"
+    rows = ["| method | rounds | max abs diff, dev loss | max abs diff, dev accuracy | bytes per round equal | "
+            "wall, flwr run | wall, in-process |", "|---|---|---|---|---|---|---|"]
+    for m, r in json.loads(CHECK.read_text()).items():
+        rows.append(f"| {m} | {len(r['flwr']['loss']) - 1} | {r['max_abs_loss_diff']:.2e} | "
+                    f"{r['max_abs_accuracy_diff']:.4f} | {'yes' if r['bytes_equal'] else 'NO'} | "
+                    f"{r['flwr']['wall_s']:.0f} s | {r['inprocess']['wall_s']:.0f} s |")
+    cfg = next(iter(json.loads(CHECK.read_text()).values()))["config"]
+    keep = ("task", "num-server-rounds", "local-steps", "partition", "alpha", "seed")
+    return ("Command: `.venv/bin/python benchmarks/grid.py --check-flwr`; 4 clients, all in every round, "
+            + ", ".join(f"`{k}={cfg[k]}`" for k in keep) + "; dev metrics after every round.\n\n" + "\n".join(rows))
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -296,6 +313,7 @@ def report(results: dict[str, dict], with_shapes: bool = False) -> Path:
                              + table)
         if with_shapes:
             text = replace_block(text, "shapes", shape_table())
+        text = replace_block(text, "check", check_table())
         DOC.write_text(text)
     return path
 
@@ -309,7 +327,7 @@ def check_flwr(methods: list[str]) -> None:
     from fedtt_flwr.inprocess import run_inprocess
     from fedtt_flwr.launch import simulate
 
-    out_path = RESULTS / "grid_flwr_check.json"
+    out_path = CHECK
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     runs = RESULTS.parent / "out" / "grid_flwr_check"
     for method in methods:

@@ -143,12 +143,14 @@ def simulate(
             run_cmd += ["--run-config", format_overrides(run_config)]
         started = time.monotonic()
         subprocess.run(run_cmd, env=env, check=False, timeout=timeout)
-        status = None
+        status, delay = None, 1.0
         while time.monotonic() - started < timeout:
             status = _run_status(env, connection)
             if status and status.startswith("finished"):
                 break
-            time.sleep(2)
+            # each `flwr ls` is a Python start-up (~1 CPU-second): back off so polling does not eat a core
+            time.sleep(delay)
+            delay = min(delay * 1.5, 15.0)
         ok = status == "finished:completed"
         print(f"[fedtt] run status: {status} ({time.monotonic() - started:.0f}s)", flush=True)
         if not ok:

@@ -124,3 +124,14 @@ def test_same_seed_gives_the_same_initial_adapters(tmp_path, tiny_model_dir, tin
         run_app(tmp_path / name, tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1, "central-eval": False})
         states.append(read_adapter(tmp_path / name / "runs" / "test" / "adapter.safetensors")[0])
     assert all((states[0][k] == states[1][k]).all() for k in states[0])
+
+
+def test_run_inprocess_runs_the_project_apps(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    from fedtt_flwr.inprocess import run_inprocess
+
+    summary = run_inprocess({"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "num-server-rounds": 1,
+                             "local-steps": 2, "max-length": 16, "output-dir": str(tmp_path), "run-name": "r",
+                             "method": "fedtt+"}, num_nodes=3)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["rounds"] == 1 and lines[1]["replies"] == 3 and lines[1]["method"] == "fedtt+"
+    assert summary["total_bytes_up"] == lines[1]["bytes_up"] > 0
