@@ -10,6 +10,7 @@ cell goes to benchmarks/results/grid/; a rerun skips finished cells, so an inter
     .venv/bin/python benchmarks/grid.py --only task=sst2,seed=0 --list
     .venv/bin/python benchmarks/grid.py --report
     .venv/bin/python benchmarks/grid.py --check-flwr
+    .venv/bin/python benchmarks/grid.py --only key=sst2-device-dir1-fedtt-s0 --set lr=1e-3   # a variant
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from fedtt_flwr.data import default_data_dir, get_task  # noqa: E402
 
 GRID = RESULTS / "grid"
 RUNS = RESULTS.parent / "out" / "grid"
+VARIANTS = RESULTS / "grid_variants"  # cells re-run with run-config overrides (--set): probes, not the grid
+VARIANT_RUNS = RESULTS.parent / "out" / "grid_variants"
 METHODS = ("fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter")
 SILO_METHODS = ("fedtt", "fedtt+", "lora")
 CENTRAL_METHODS = ("fedtt", "lora")
@@ -95,19 +98,30 @@ def central_steps() -> int:
     return COMMON["num-server-rounds"] * per_round * COMMON["local-steps"]
 
 
-def run_federated(cell: Cell) -> dict:
+def variant_name(cell: Cell, overrides: dict) -> str:
+    return cell.key + "".join(f"__{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def run_federated(cell: Cell, overrides: dict | None = None) -> dict:
+    """Run one cell (with run-config ``overrides``: a variant) and collect its result."""
     from fedtt_flwr.inprocess import run_inprocess
 
-    cfg = cell.run_config()
-    folder = RUNS / cell.key
-    shutil.rmtree(folder, ignore_errors=True)  # a cell interrupted earlier starts over: metrics.jsonl appends
+    name = variant_name(cell, overrides or {})
+    runs = RUNS if not overrides else VARIANT_RUNS
+    cfg = {**cell.run_config(), **(overrides or {}), "run-name": name, "output-dir": str(runs)}
+    shutil.rmtree(runs / name, ignore_errors=True)  # a cell interrupted earlier starts over: metrics.jsonl appends
     t0 = time.perf_counter()
     run_inprocess(cfg, SETTINGS[cell.setting][0])
-    wall = time.perf_counter() - t0
+    sets = "".join(f" --set {k}={v}" for k, v in sorted((overrides or {}).items()))
+    return collect(cell, cfg, runs / name, time.perf_counter() - t0,
+                   f".venv/bin/python benchmarks/grid.py --only key={cell.key}{sets}")
+
+
+def collect(cell: Cell, cfg: dict, folder: Path, wall: float, command: str) -> dict:
+    """A cell's result from its run folder: bytes per round, the dev curve, the final metrics."""
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((folder / "config.json").read_text())
-    main = get_task(cell.task).metrics[0]
-    evaluated = [x for x in lines if main in x]
+    metrics = get_task(cell.task).metrics
     return {
         "cell": asdict(cell), "run_config": cfg, "clients": SETTINGS[cell.setting][0],
         "trainable_params": config["travelling_params"],
@@ -115,10 +129,10 @@ def run_federated(cell: Cell) -> dict:
         "bytes_down_per_round": [x["bytes_down"] for x in lines[1:]],
         "total_mb_up": lines[-1]["total_bytes_up"] / 1e6, "total_mb_down": lines[-1]["total_bytes_down"] / 1e6,
         "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, "mb_down": x["total_bytes_down"] / 1e6,
-                   **{m: x[m] for m in get_task(cell.task).metrics if m in x}} for x in evaluated],
-        "final": {m: lines[-1].get(m) for m in get_task(cell.task).metrics},
+                   **{m: x[m] for m in metrics if m in x}} for x in lines if metrics[0] in x],
+        "final": {m: lines[-1].get(m) for m in metrics},
         "wall_s": round(wall, 1),
-        "command": f".venv/bin/python benchmarks/grid.py --only key={cell.key}",
+        "command": command,
     }
 
 
@@ -148,7 +162,7 @@ def matches(cell: Cell, only: str) -> bool:
         k, _, v = cond.partition("=")
         if k not in fields:
             raise SystemExit(f"--only: unknown field {k!r}; fields: {', '.join(fields)}")
-        if fields[k] != v and not (k == "alpha" and v and float(fields[k]) == float(v)):
+        if not any(fields[k] == alt or (k == "alpha" and float(fields[k]) == float(alt)) for alt in v.split("|")):
             return False
     return True
 
@@ -256,12 +270,13 @@ def plots(results: dict[str, dict]) -> list[Path]:
 
 
 def shape_table() -> str:
-    """Parameter and byte columns at the sizes the method was made for (configs only, no weights)."""
+    """Parameter and byte columns at the sizes the method was made for (configs only, no weights);
+    LLaMA as a causal LM (its LM head stays frozen and never travels)."""
     from fedtt_flwr.report import param_report
 
     out = ["| model | method | trainable params | bytes up / client / round | lora / method |", "|---|---|---|---|---|"]
     for model in ("minilm", "roberta-base", "roberta-large", "llama-2-7b"):
-        report = param_report(model)
+        report = param_report(model, task_kind="causal-lm" if model.startswith("llama") else "classification")
         rows = report["methods"]
         for m, row in rows.items():
             ratio = rows["lora"]["bytes_up_per_round"] / row["bytes_up_per_round"]
@@ -362,16 +377,42 @@ def check_flwr(methods: list[str]) -> None:
         print(method, {k: v for k, v in results[method].items() if k.startswith(("max", "bytes"))}, flush=True)
 
 
+def run_variants(cells: list[Cell], only: str, sets: list[str]) -> None:
+    from fedtt_flwr.cli import parse_overrides
+    from fedtt_flwr.config import RunConfig
+
+    overrides = parse_overrides(sets)
+    RunConfig.from_flower({**cells[0].run_config(), **overrides})  # a bad key stops here, before any run
+    VARIANTS.mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        if cell.setting == "central" or not matches(cell, only):
+            continue
+        path = VARIANTS / f"{variant_name(cell, overrides)}.json"
+        if path.exists():
+            print(f"skip {path.name}: done")
+            continue
+        result = run_federated(cell, overrides)
+        path.write_text(json.dumps(result, indent=1))
+        print(f"[grid] {path.stem}: final {result['final']} in {result['wall_s']} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="filter cells, e.g. task=sst2,seed=0 or key=sst2-device-iid-fedtt-s0")
+    ap.add_argument("--only", default="", help="filter cells, e.g. task=sst2,seed=0 or method=lora|adapter "
+                                               "or key=sst2-device-iid-fedtt-s0")
     ap.add_argument("--list", action="store_true", help="list the selected cells and whether they are done")
     ap.add_argument("--report", action="store_true", help="only rewrite the summary table and plots")
     ap.add_argument("--check-flwr", action="store_true", help="flwr run vs in-process, one small run per method")
     ap.add_argument("--methods", default=",".join(METHODS), help="with --check-flwr")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="run the selected federated cells as variants with this run-config override (repeatable); "
+                         "results go to results/grid_variants/, not into the grid's tables")
     args = ap.parse_args()
     if args.check_flwr:
         check_flwr(args.methods.split(","))
+        return
+    if args.set:
+        run_variants(grid_cells(), args.only, args.set)
         return
     done = load_results()
     cells = [c for c in grid_cells() if matches(c, args.only)]

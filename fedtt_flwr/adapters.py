@@ -64,6 +64,8 @@ class TTAdapter(nn.Module):
                       "device": device}
             self.down = TTLinear(hidden, b, shape=config.shape_for(hidden, b), **common)
             self.up = TTLinear(b, hidden, shape=config.shape_for(b, hidden), **common)
+            if config.init == "near-identity":
+                self.up.reset_parameters(std=config.init_up_std)
         self.act = _ACTIVATIONS[config.activation]()
         self.scaling = config.scaling
 

@@ -40,17 +40,23 @@ def _parse_value(text: str):
         return text  # a bare string
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["key=value", ...]`` (values as TOML, else plain strings) into a run-config dict."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = _parse_value(value.strip())
+    return overrides
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from .config import RunConfig
     from .data import default_data_dir
     from .launch import simulate
 
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
+    overrides = parse_overrides(args.set or [])
     # flwr runs the apps from the SuperLink's folder: hand them absolute paths
     out = Path(overrides.get("output-dir", "runs")).expanduser().resolve()
     overrides["output-dir"] = str(out)

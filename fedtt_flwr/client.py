@@ -41,8 +41,8 @@ class Session:
 
 
 #: the run-config keys that decide how the model is built (anything else can change between rounds)
-MODEL_KEYS = ("model", "task", "method", "rank", "bottleneck", "adapter_bias", "tensorized_classifier", "lora_rank",
-              "lora_alpha", "seed", "dtype", "device")
+MODEL_KEYS = ("model", "task", "method", "rank", "bottleneck", "adapter_bias", "adapter_init", "tensorized_classifier",
+              "lora_rank", "lora_alpha", "seed", "dtype", "device")
 
 
 @functools.lru_cache(maxsize=2)

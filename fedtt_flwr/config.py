@@ -38,6 +38,10 @@ class TTAdapterConfig(BaseModel):
         None, description="TT shape for both projections; None picks a preset or factors automatically"
     )
     forward_mode: Literal["auto", "rebuild", "contract"] = "auto"
+    init: Literal["loretta", "near-identity"] = Field(
+        "loretta", description="loretta: both projections std sqrt(1/(in+out)); near-identity: the up projection "
+                               "starts at std `init_up_std`, so the adapted model starts close to the pretrained one")
+    init_up_std: float = Field(1e-3, gt=0, description="near-identity: std of the rebuilt up-projection weight")
     dense: bool = Field(False, description="baseline: a dense (Houlsby) adapter at the same placement and "
                                            "bottleneck instead of TT layers")
 
@@ -81,6 +85,7 @@ class RunConfig(BaseModel):
     rank: int = Field(5, ge=1)
     bottleneck: int = Field(64, ge=1)
     adapter_bias: bool = False
+    adapter_init: Literal["loretta", "near-identity"] = "loretta"
     tensorized_classifier: bool | Literal["auto"] = Field(
         "auto", description="a RoBERTa-style head's classifier.dense as a TT layer (auto: where there is one)")
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
@@ -148,7 +153,8 @@ class RunConfig(BaseModel):
 
     def adapter_config(self) -> TTAdapterConfig:
         return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
-                               dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier)
+                               dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier,
+                               init=self.adapter_init)
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:

@@ -17,11 +17,14 @@ from flwr.serverapp import Grid
 
 class InProcessGrid(Grid):
     """A Flower Grid whose nodes are calls of ``client_app`` (a ClientApp or any callable); node ``i``
-    gets ``partition-id=i`` of ``num_nodes`` unless ``node_config`` says otherwise."""
+    gets ``partition-id=i`` of ``num_nodes`` unless ``node_config`` says otherwise. ``sent`` keeps every
+    message pushed (for tests to inspect) unless ``keep_sent`` is off."""
 
     def __init__(self, client_app: Callable[[Message, Context], Message], num_nodes: int,
-                 run_config: dict | None = None, node_config: Callable[[int], dict] | None = None) -> None:
+                 run_config: dict | None = None, node_config: Callable[[int], dict] | None = None,
+                 keep_sent: bool = True) -> None:
         self.client_app = client_app
+        self.keep_sent = keep_sent
         self.node_ids = list(range(101, 101 + num_nodes))
         self.contexts = {
             nid: Context(run_id=1, node_id=nid,
@@ -45,7 +48,8 @@ class InProcessGrid(Grid):
             mid = f"m{next(self._ids)}"
             m.metadata.__dict__["_message_id"] = mid
             m.metadata.__dict__["_src_node_id"] = 1
-            self.sent.append(m)
+            if self.keep_sent:
+                self.sent.append(m)
             try:
                 reply = self.client_app(m, self.contexts[m.metadata.dst_node_id])
             except Exception as exc:  # a crashing client becomes an error reply, as in Flower
@@ -86,6 +90,6 @@ def run_inprocess(run_config: dict, num_nodes: int) -> dict:
 
     # Messages created outside a Flower runtime need a task identity (internal API, flwr 1.41)
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1
-    grid = InProcessGrid(client_app, num_nodes, run_config)
+    grid = InProcessGrid(client_app, num_nodes, run_config, keep_sent=False)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     return server_main(grid, context)

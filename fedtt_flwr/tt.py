@@ -152,9 +152,10 @@ class TTLinear(nn.Module):
         return len(self.shape)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """LoRETTA init: entries of the rebuilt ``W`` have std ``sqrt(1 / (in + out))``."""
-        sigma = math.sqrt(1.0 / (self.in_features + self.out_features))
+    def reset_parameters(self, std: float | None = None) -> None:
+        """LoRETTA init: entries of the rebuilt ``W`` have std ``sqrt(1 / (in + out))`` (or ``std``),
+        spread evenly over the cores so that no core is much smaller than the others."""
+        sigma = std if std is not None else math.sqrt(1.0 / (self.in_features + self.out_features))
         per_core = sigma ** (1.0 / self.num_cores)
         for k, core in enumerate(self.cores):
             core.normal_().mul_(per_core / math.sqrt(self.ranks[k + 1]))

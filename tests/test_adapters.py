@@ -178,3 +178,17 @@ def test_worked_parameter_counts_on_configs_without_weights(name, kind, expected
                                                                             tensorized_classifier=False))
     assert next(model.parameters()).device.type == "meta"
     assert count_parameters(model)["tt_cores"] == expected
+
+
+def test_near_identity_init_starts_close_to_the_pretrained_model_and_still_trains():
+    from fedtt_flwr.adapters import TTAdapter
+
+    torch.manual_seed(0)
+    z = torch.randn(64, 384)
+    loretta = TTAdapter(384, TTAdapterConfig())
+    near = TTAdapter(384, TTAdapterConfig(init="near-identity"))
+    assert loretta.up.to_dense().std().item() == pytest.approx((1 / (64 + 384)) ** 0.5, rel=0.3)
+    assert near.up.to_dense().std().item() == pytest.approx(1e-3, rel=0.3)
+    assert near(z).norm() < 0.05 * loretta(z).norm()  # the adapter starts as a small perturbation
+    near(z).pow(2).sum().backward()
+    assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in (*near.up.cores, *near.down.cores))
