@@ -182,12 +182,55 @@ def _mean_spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * (max(values) - min(values)) / 2:.1f}"
 
 
+#: dev-metric levels for the MB-to-target table (the convergence-per-byte targets, and a lower one)
+TARGETS = {"sst2": (0.70, 0.80), "rte": (0.55, 0.60), "mrpc": (0.80, 0.85)}
+FED_COLUMNS = (("device", "iid", 0.0, "10 clients IID"), ("device", "dirichlet", 1.0, "10 clients Dir(1.0)"),
+               ("device", "dirichlet", 0.1, "10 clients Dir(0.1)"), ("silo", "dirichlet", 0.1, "3 clients Dir(0.1)"))
+
+
+def _column(result: dict) -> tuple[str, str, float]:
+    c = result["cell"]
+    return c["setting"], c["partition"], c["alpha"]
+
+
+def mb_to_target(curve: list[dict], metric: str, target: float) -> tuple[float, int] | None:
+    """(cumulative MB up, round) at the first evaluation whose metric reaches ``target``; None if none did."""
+    for point in curve:
+        if point.get(metric) is not None and point[metric] >= target:
+            return point["mb_up"], point["round"]
+    return None
+
+
+def target_tables(results: dict[str, dict]) -> str:
+    """Per task and target: uplink MB (all clients) until the dev metric first reaches the target."""
+    out = []
+    for task in TASKS:
+        runs = [r for r in results.values() if r["cell"]["task"] == task and "curve" in r]
+        if not runs:
+            continue
+        main = get_task(task).metrics[0]
+        for target in TARGETS[task]:
+            out.append(f"\n#### {task.upper()}: MB up until dev {main} >= {target:g} (round); - = not reached "
+                       "in 10 rounds; seeds separated by /\n")
+            out.append("| method | " + " | ".join(c[3] for c in FED_COLUMNS) + " |")
+            out.append("|---" * (1 + len(FED_COLUMNS)) + "|")
+            for m in METHODS:
+                cells = []
+                for setting, part, alpha, _ in FED_COLUMNS:
+                    mine = sorted((r for r in runs if r["cell"]["method"] == m
+                                   and _column(r) == (setting, part, alpha)), key=lambda r: r["cell"]["seed"])
+                    hits = [mb_to_target(r["curve"], main, target) for r in mine]
+                    cells.append(" / ".join(f"{h[0]:.2f} (r{h[1]})" if h else "-" for h in hits))
+                if any(cells):
+                    out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def tables(results: dict[str, dict]) -> str:
     """One table per task: a row per method; columns: trainable params, uplink per client and round,
     total MB up of the run, and the final dev metric (mean ± half range over seeds) per setting."""
-    columns = [("device", "iid", 0.0), ("device", "dirichlet", 1.0), ("device", "dirichlet", 0.1),
-               ("silo", "dirichlet", 0.1), ("central", "iid", 0.0)]
-    names = ["10 clients IID", "10 clients Dir(1.0)", "10 clients Dir(0.1)", "3 clients Dir(0.1)", "centralized"]
+    columns = [c[:3] for c in FED_COLUMNS] + [("central", "iid", 0.0)]
+    names = [c[3] for c in FED_COLUMNS] + ["centralized"]
     out = []
     for task in TASKS:
         rows = {}
@@ -230,8 +273,7 @@ def plots(results: dict[str, dict]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("device", "iid", 0.0, "10 clients, IID"), ("device", "dirichlet", 1.0, "10 clients, Dir(1.0)"),
-              ("device", "dirichlet", 0.1, "10 clients, Dir(0.1)"), ("silo", "dirichlet", 0.1, "3 clients, Dir(0.1)")]
+    panels = FED_COLUMNS
     colors = dict(zip(METHODS, ["C0", "C1", "C2", "C3", "C4", "C5"], strict=True))
     written = []
     for task in TASKS:
@@ -319,7 +361,7 @@ def report(results: dict[str, dict], with_shapes: bool = False) -> Path:
     plots(results)
     path = GRID / "summary.md"
     status = f"{len(results)} of {len(grid_cells())} grid cells finished"
-    table = tables(results)
+    table = tables(results) + "\n\n### Uplink MB to reach a dev-metric level\n" + target_tables(results)
     path.write_text(f"# Grid summary ({status})\n\nCommon settings: `{json.dumps(COMMON)}`; cross-device: "
                     f"10 clients, 5 per round; cross-silo: 3 clients, all per round; centralized: "
                     f"{central_steps()} steps.\n" + table + "\n")
