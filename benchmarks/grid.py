@@ -277,7 +277,8 @@ def plots(results: dict[str, dict]) -> list[Path]:
     colors = dict(zip(METHODS, ["C0", "C1", "C2", "C3", "C4", "C5"], strict=True))
     written = []
     for task in TASKS:
-        mine = [r for r in results.values() if r["cell"]["task"] == task and "curve" in r]
+        mine = sorted((r for r in results.values() if r["cell"]["task"] == task and "curve" in r),
+                      key=lambda r: (METHODS.index(r["cell"]["method"]), r["cell"]["seed"]))
         if not mine:
             continue
         main = get_task(task).metrics[0]
