@@ -85,21 +85,56 @@ def _run_status(env: dict, connection: str) -> str | None:
     return runs[-1].get("status") if runs else None
 
 
+def _process_groups_under(pid: int) -> set[int]:
+    """Process groups of ``pid`` and all its descendants. The SuperLink's superexec starts the
+    simulation in a session of its own, so killing the SuperLink's group alone leaves Ray running."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid="], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {pid}
+    children: dict[int, list[tuple[int, int]]] = {}
+    for line in out.splitlines():
+        p, pp, pg = (int(x) for x in line.split())
+        children.setdefault(pp, []).append((p, pg))
+    groups, todo = {pid}, [pid]
+    while todo:
+        for child, group in children.get(todo.pop(), []):
+            groups.add(group)
+            todo.append(child)
+    groups.discard(os.getpgrp())  # never our own
+    return groups
+
+
+def _killpgs(groups: set[int], sig: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop the SuperLink we started and everything in its process group (Ray, superexec)."""
+    """Stop the SuperLink we started and every process group under it (superexec, the simulation, Ray)."""
+    groups = _process_groups_under(proc.pid)
     if proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # leftovers in its process group
-        os.killpg(proc.pid, signal.SIGKILL)
+        _killpgs(groups, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+    _killpgs(groups, signal.SIGKILL)  # whatever is left, the SuperLink included
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM (a job scheduler, `kill PID`) into SystemExit so the SuperLink and Ray get stopped;
+    Python's default would end the process at once and leave them running. Returns the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _raise)
 
 
 def simulate(
@@ -132,6 +167,7 @@ def simulate(
         link = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=str(home))
     ok = False
+    previous = _exit_on_sigterm()
     try:
         _wait_port(port, link)
         fed = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} " \
@@ -160,6 +196,8 @@ def simulate(
         raise
     finally:
         _stop(link)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if ok and not flwr_home and os.environ.get("FEDTT_KEEP_FLWR_HOME") != "1":
             shutil.rmtree(home, ignore_errors=True)
     return 0 if ok else 1

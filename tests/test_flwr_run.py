@@ -37,3 +37,31 @@ def test_a_failed_run_is_reported_as_failure(tmp_path, tiny_sst2_dir):
     code = simulate(num_supernodes=3, run_config=config, flwr_home=str(home), stream=False, timeout=600)
     assert code == 1  # flwr run itself exits 0 here; the launcher reads the run's final status
     assert not _superlinks_running(home)
+
+
+def test_stop_kills_what_the_superlink_started_in_other_sessions(tmp_path):
+    """flower-superexec runs the simulation (and Ray) in a session of its own: stopping the SuperLink's
+    process group alone left them running after an interrupted run (seen, then reproduced)."""
+    import os
+    import sys
+    import time
+
+    from fedtt_flwr.launch import _stop
+
+    pid_file = tmp_path / "grandchild.pid"
+    # a stand-in SuperLink that starts a long-lived child in a new session, as superexec does
+    script = ("import subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)")
+    link = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    assert os.getpgid(grandchild) != os.getpgid(link.pid)  # really another group
+    _stop(link)
+    time.sleep(0.5)
+    assert link.poll() is not None
+    stat = subprocess.run(["ps", "-o", "stat=", "-p", str(grandchild)], capture_output=True, text=True).stdout.strip()
+    assert stat == "" or stat.startswith("Z"), f"the grandchild survived (ps stat {stat!r})"  # gone or a zombie
