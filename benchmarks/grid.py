@@ -102,19 +102,20 @@ def variant_name(cell: Cell, overrides: dict) -> str:
     return cell.key + "".join(f"__{k}={v}" for k, v in sorted(overrides.items()))
 
 
-def run_federated(cell: Cell, overrides: dict | None = None) -> dict:
+def run_federated(cell: Cell, overrides: dict | None = None, *, runs: Path | None = None, name: str = "",
+                  command: str = "") -> dict:
     """Run one cell (with run-config ``overrides``: a variant) and collect its result."""
     from fedtt_flwr.inprocess import run_inprocess
 
-    name = variant_name(cell, overrides or {})
-    runs = RUNS if not overrides else VARIANT_RUNS
+    name = name or variant_name(cell, overrides or {})
+    runs = runs or (RUNS if not overrides else VARIANT_RUNS)
     cfg = {**cell.run_config(), **(overrides or {}), "run-name": name, "output-dir": str(runs)}
     shutil.rmtree(runs / name, ignore_errors=True)  # a cell interrupted earlier starts over: metrics.jsonl appends
     t0 = time.perf_counter()
     run_inprocess(cfg, SETTINGS[cell.setting][0])
     sets = "".join(f" --set {k}={v}" for k, v in sorted((overrides or {}).items()))
     return collect(cell, cfg, runs / name, time.perf_counter() - t0,
-                   f".venv/bin/python benchmarks/grid.py --only key={cell.key}{sets}")
+                   command or f".venv/bin/python benchmarks/grid.py --only key={cell.key}{sets}")
 
 
 def collect(cell: Cell, cfg: dict, folder: Path, wall: float, command: str) -> dict:

@@ -9,8 +9,9 @@ Placement (docs/tensorized-adapters.md):
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import numpy as np
@@ -246,3 +247,22 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "tt_cores": sum(c.numel() for layer in layers for c in layer.cores),
         "tt_biases": sum(layer.bias.numel() for layer in layers if layer.bias is not None),
     }
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
+    """The backbone alone for the duration (every TT/dense adapter's output scaled by 0; peft's own
+    switch for LoRA): a decoder's zero-shot baseline. The task head, if any, stays as it is."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+        return
+    adapters = [m for m in model.modules() if isinstance(m, TTAdapter)]
+    saved = [a.scaling for a in adapters]
+    for a in adapters:
+        a.scaling = 0.0
+    try:
+        yield model
+    finally:
+        for a, scale in zip(adapters, saved, strict=True):
+            a.scaling = scale

@@ -16,7 +16,7 @@ from .adapters import count_parameters
 from .checkpoint import save_adapter
 from .config import RunConfig
 from .data import load_split
-from .methods import build_model
+from .methods import build_model, prompt_task
 from .models import pick_device
 from .train import cycle, evaluate, make_loader, tokenize, train_steps
 
@@ -51,11 +51,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train = load_split(cfg.task, "train", cfg.data_dir).shuffle(seed=cfg.seed)
     train = train.select(range(min(cfg.train_size, len(train))))
     dev = load_split(cfg.task, "dev", cfg.data_dir)
-    model, tokenizer = build_model(RunConfig(model=cfg.model, task=cfg.task, method=cfg.method, rank=cfg.rank,
-                                             lora_rank=cfg.lora_rank, adapter_bias=cfg.adapter_bias, seed=cfg.seed))
+    run_cfg = RunConfig(model=cfg.model, task=cfg.task, method=cfg.method, rank=cfg.rank, lora_rank=cfg.lora_rank,
+                        adapter_bias=cfg.adapter_bias, seed=cfg.seed)
+    model, tokenizer = build_model(run_cfg)
     model.to(device)
-    train_loader = make_loader(tokenize(train, tokenizer, cfg.max_length), tokenizer, cfg.batch_size, True, cfg.seed)
-    dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length), tokenizer, 128, False)
+    prompts = prompt_task(run_cfg)
+    train_loader = make_loader(tokenize(train, tokenizer, cfg.max_length, prompts), tokenizer, cfg.batch_size, True,
+                               cfg.seed, prompts)
+    dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer, 128, False,
+                             prompt_task=prompts)
     steps = math.ceil(cfg.epochs * len(train_loader))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * steps), steps)

@@ -67,6 +67,11 @@ def load_adapted_model(
     model, tokenizer = load_model(
         name, source.get("task_kind", "classification"), num_labels=source.get("num_labels", 2)
     )
+    if source.get("prompt_task"):  # a decoder scoring prompt answers (fedtt_flwr.prompts)
+        from .prompts import CandidateScorer, choice_ids, get_prompt
+
+        lm, model = model, CandidateScorer(model, choice_ids(tokenizer, get_prompt(source["prompt_task"])))
+        model.fedtt_source = {**lm.fedtt_source, "prompt_task": source["prompt_task"]}
     add_tt_adapters(model, config)
     set_adapter_state(model, state)
     if device is not None:

@@ -12,12 +12,15 @@ from pydantic import ValidationError
 
 def _params(args: argparse.Namespace) -> int:
     from .config import TTAdapterConfig
-    from .report import param_report
+    from .report import client_memory, param_report
 
     cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias,
                           tensorized_classifier={"on": True, "off": False}.get(args.tensorized_classifier, "auto"))
     report = param_report(args.model, lora_rank=args.lora_rank, task_kind=args.task_kind,
                           num_labels=args.num_labels, adapter_config=cfg)
+    if args.memory:
+        report["client_memory_gb"] = [client_memory(report, args.batch_size, args.seq_len, args.dtype, ckpt)
+                                      for ckpt in (False, True)]
     print(json.dumps(report, indent=2 if args.pretty else None))
     return 0
 
@@ -86,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: causal-lm for decoder models, classification otherwise")
     p.add_argument("--num-labels", type=int, default=2)
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.add_argument("--memory", action="store_true", help="add an estimate of a training client's memory "
+                                                         "(without and with gradient checkpointing)")
+    p.add_argument("--batch-size", type=int, default=4, help="with --memory")
+    p.add_argument("--seq-len", type=int, default=512, help="with --memory")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
+                   help="with --memory: the backbone's and the activations' dtype")
     p.set_defaults(func=_params)
 
     f = sub.add_parser("finetune", help="centralized fine-tune with TT adapters or a baseline (a reference run)")
@@ -123,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "task_kind", "x") is None:
         from .models import model_config
+        from .prompts import is_decoder_only
 
-        is_decoder = model_config(args.model).model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma"}
-        args.task_kind = "causal-lm" if is_decoder else "classification"
+        args.task_kind = "causal-lm" if is_decoder_only(model_config(args.model).model_type) else "classification"
     try:
         return args.func(args)
     except ValidationError as exc:

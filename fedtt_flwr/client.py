@@ -22,7 +22,7 @@ from strategies.protocol import receive_global, round_trainable
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig
 from .data import PartitionSpec, check_partition_id, load_task, make_partitioner
-from .methods import build_model
+from .methods import build_model, prompt_task
 from .models import pick_device
 from .train import cycle, make_loader, tokenize, train_steps
 from .train import evaluate as evaluate_model
@@ -41,8 +41,8 @@ class Session:
 
 
 #: the run-config keys that decide how the model is built (anything else can change between rounds)
-MODEL_KEYS = ("model", "task", "method", "rank", "bottleneck", "adapter_bias", "adapter_init", "tensorized_classifier",
-              "lora_rank", "lora_alpha", "seed", "dtype", "device")
+MODEL_KEYS = ("model", "task", "task_format", "method", "rank", "bottleneck", "adapter_bias", "adapter_init",
+              "tensorized_classifier", "lora_rank", "lora_alpha", "seed", "dtype", "device", "gradient_checkpointing")
 
 
 @functools.lru_cache(maxsize=2)
@@ -84,7 +84,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
         spec = PartitionSpec("iid", num_partitions, seed=cfg.seed)
     check_partition_id(spec, partition_id)
     part = _partitioner(cfg.task, cfg.data_dir, split, spec).load_partition(partition_id)
-    return tokenize(part, session(cfg).tokenizer, cfg.max_length)
+    return tokenize(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 
 def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
@@ -124,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"].get("server-round", 0))
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
     torch.manual_seed(seed)
-    loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed)
+    loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed, prompt_task=prompt_task(cfg))
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
@@ -145,7 +145,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     data = client_data(cfg, pid, num, "dev")
     if len(data) == 0:
         raise ValueError(f"dev shard {pid} of {num} is empty: fewer dev examples than clients")
-    loader = make_loader(data, sess.tokenizer, cfg.eval_batch_size, shuffle=False)
+    loader = make_loader(data, sess.tokenizer, cfg.eval_batch_size, shuffle=False, prompt_task=prompt_task(cfg))
     result = evaluate_model(sess.model, loader, cfg.task, sess.device, AMP[cfg.amp])
     result["num-examples"] = result.pop("num_examples")
     return Message(RecordDict({"metrics": MetricRecord(result)}), reply_to=msg)

@@ -88,6 +88,11 @@ class RunConfig(BaseModel):
     adapter_init: Literal["loretta", "near-identity"] = "loretta"
     tensorized_classifier: bool | Literal["auto"] = Field(
         "auto", description="a RoBERTa-style head's classifier.dense as a TT layer (auto: where there is one)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory for "
+                                                            "large models, ~30% more compute")
+    task_format: Literal["auto", "classifier", "prompt"] = Field(
+        "auto", description="classifier: a classification head; prompt: score each label's answer after a prompt "
+                            "(decoder LMs); auto: prompt for decoder-only models, else classifier")
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
     schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
     sync: Literal["delta", "full"] = "delta"

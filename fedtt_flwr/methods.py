@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -18,7 +20,8 @@ from transformers import PreTrainedTokenizerBase
 from .adapters import add_tt_adapters, head_param_names
 from .config import RunConfig
 from .data import get_task
-from .models import load_model
+from .models import load_model, model_config
+from .prompts import CandidateScorer, choice_ids, get_prompt, is_decoder_only
 from .report import lora_targets
 
 LORA_METHODS = ("lora", "ffa-lora", "rolora")
@@ -47,12 +50,35 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: boo
     return wrapped
 
 
+@functools.lru_cache(maxsize=16)
+def _model_type(model: str) -> str:
+    return model_config(model).model_type
+
+
+def prompt_task(cfg: RunConfig) -> str | None:
+    """The task name when the run scores prompt answers with a causal LM (``task-format``; ``auto``:
+    decoder-only architectures), else None (a classification head)."""
+    if cfg.task_format == "auto":
+        return cfg.task if is_decoder_only(_model_type(cfg.model)) else None
+    return cfg.task if cfg.task_format == "prompt" else None
+
+
 def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The run's model with the method's trainable modules. Seeded, and the same code on the server and
-    on every client, so tensors that never travel (FFA-LoRA's A) are identical everywhere."""
+    on every client, so tensors that never travel (FFA-LoRA's A) are identical everywhere. A decoder
+    becomes a :class:`CandidateScorer` (its LM head frozen, no new head)."""
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, "classification", num_labels=len(get_task(cfg.task).labels),
-                                  dtype=cfg.dtype)
+    labels = len(get_task(cfg.task).labels)
+    if prompt_task(cfg) is not None:
+        prompt = get_prompt(cfg.task)  # a task without a template stops here, before the model loads
+        hf, tokenizer = load_model(cfg.model, "causal-lm", dtype=cfg.dtype)
+        model = CandidateScorer(hf, choice_ids(tokenizer, prompt))
+        model.fedtt_source = {**hf.fedtt_source, "prompt_task": cfg.task, "num_labels": labels}
+    else:
+        hf, tokenizer = load_model(cfg.model, "classification", num_labels=labels, dtype=cfg.dtype)
+        model = hf
+    if cfg.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no gradient
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method in LORA_METHODS:
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=cfg.method == "ffa-lora")
     else:

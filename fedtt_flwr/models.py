@@ -108,7 +108,16 @@ def model_config(name_or_path: str) -> PretrainedConfig:
     """The architecture config of a model name, without loading weights (presets need no download)."""
     if name_or_path in ARCH_PRESETS:
         return ARCH_PRESETS[name_or_path]
-    return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # a missing folder surfaces as an invalid hub repo id
+        raise OSError(_cannot_load(name_or_path, path, exc)) from exc
+
+
+def _cannot_load(name: str, path: str, exc: Exception) -> str:
+    return f"could not load model {name!r} (resolved to {path!r}): {exc}. Offline, use 'minilm', " \
+           "'smollm2-135m' or a local folder."
 
 
 def _auto_class(task_kind: TaskKind):
@@ -149,10 +158,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path)
         model, info = cls.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True, **kwargs)
     except OSError as exc:
-        raise OSError(
-            f"could not load model {name_or_path!r} (resolved to {path!r}): {exc}. Offline, use 'minilm', "
-            "'smollm2-135m' or a local folder."
-        ) from exc
+        raise OSError(_cannot_load(name_or_path, path, exc)) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:

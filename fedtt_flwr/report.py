@@ -113,6 +113,7 @@ def param_report(
         "model_type": cfg_model.model_type,
         "hidden_size": cfg_model.hidden_size,
         "num_layers": cfg_model.num_hidden_layers,
+        "intermediate_size": getattr(cfg_model, "intermediate_size", 4 * cfg_model.hidden_size),
         "backbone_params": counts["total"] - counts["travelling"],
         "tt": {
             "rank": cfg.rank,
@@ -138,3 +139,31 @@ def param_report(
         "note": "bytes_per_round: serialized fp32 arrays one client sends up in one round (FedTT: the same comes "
                 "down); methods: uplink per client and round, averaged over 12 rounds for fedtt+ and rolora",
     }
+
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def client_memory(report: dict, batch_size: int = 4, seq_len: int = 512, dtype: str = "bfloat16",
+                  gradient_checkpointing: bool = False) -> dict:
+    """What one client needs in accelerator memory to train TT adapters (GB, 1e9 bytes), from a
+    :func:`param_report`. An estimate, not a measurement:
+
+    - backbone: every frozen parameter in ``dtype``;
+    - adapters: fp32 weights, gradients and AdamW's two moments (16 bytes per trainable parameter);
+    - activations kept for the backward pass, in ``dtype``: per token and layer the inputs of the
+      attention and MLP blocks, q/k/v and the attention output (~6 hidden), and the MLP's gate, up,
+      activation and product (~4 intermediate); FlashAttention/SDPA keep no seq x seq matrix. With
+      gradient checkpointing only each layer's input (1 hidden) is kept, plus one layer recomputed.
+    """
+    if dtype not in _BYTES:
+        raise ValueError(f"dtype must be one of {sorted(_BYTES)}, got {dtype!r}")
+    b, h, i, layers = _BYTES[dtype], report["hidden_size"], report["intermediate_size"], report["num_layers"]
+    tokens = batch_size * seq_len
+    per_layer = tokens * b * (6 * h + 4 * i)
+    acts = tokens * b * h * layers + per_layer if gradient_checkpointing else per_layer * layers
+    parts = {"backbone": report["backbone_params"] * b, "adapters": report["tt"]["trainable_params"] * 16,
+             "activations": acts}
+    return {**{k: round(v / 1e9, 3) for k, v in parts.items()}, "total": round(sum(parts.values()) / 1e9, 3),
+            "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
+            "gradient_checkpointing": gradient_checkpointing}

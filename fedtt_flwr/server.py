@@ -31,11 +31,11 @@ from flwr.serverapp.strategy import (
 
 from strategies import FedAlternating, FedTT, FedTTPlus, make_schedule
 
-from .adapters import get_adapter_state, set_adapter_state
+from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
 from .config import RunConfig
 from .data import get_task, load_task
-from .methods import LORA_METHODS, build_model
+from .methods import LORA_METHODS, build_model, prompt_task
 from .models import pick_device
 from .train import evaluate, make_loader, tokenize
 
@@ -129,7 +129,9 @@ def main(grid: Grid, context: Context) -> dict:
         "data_note": note, "strategy": type(strategy).__name__, "schedule": repr(strategy.schedule),
         "inner": type(strategy.inner).__name__,
     }, indent=2))
-    dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length), tokenizer, cfg.eval_batch_size, False)
+    prompts = prompt_task(cfg)
+    dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer, cfg.eval_batch_size,
+                             False, prompt_task=prompts)
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()), out)
@@ -149,6 +151,11 @@ def main(grid: Grid, context: Context) -> dict:
             res = evaluate(model, dev_loader, cfg.task, device)
             record.update({k: v for k, v in res.items() if k != "num_examples"})
             central = MetricRecord({k: float(v) for k, v in res.items()})
+            if server_round == 0 and prompts is not None:  # a decoder's baseline: the backbone, no adapters
+                with adapters_off(model):
+                    zero = evaluate(model, dev_loader, cfg.task, device)
+                record.update({f"zero_shot_{k}": v for k, v in zero.items() if k != "num_examples"})
+                log(INFO, "[fedtt] zero-shot (no adapters): %s", {k: round(v, 4) for k, v in zero.items()})
         metrics_log.write(record)
         return central
 

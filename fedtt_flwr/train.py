@@ -1,6 +1,8 @@
 """Tokenization, local training steps and evaluation for sequence classification.
 
-The same functions serve the centralized fine-tune (``fedtt-flwr finetune``) and the ClientApp.
+The same functions serve the centralized fine-tune (``fedtt-flwr finetune``) and the ClientApp. With
+``prompt_task`` (decoder models) the examples become prompts whose candidate answers are scored
+(:mod:`fedtt_flwr.prompts`); training and evaluation do not change.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .data import compute_metrics
+from .prompts import PromptCollator, encode_prompts
 
 
-def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """Token ids for ``text_a`` (and ``text_b`` where a task has pairs), truncated to ``max_length``."""
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
+             prompt_task: str | None = None) -> Dataset:
+    """Token ids for ``text_a`` (and ``text_b`` where a task has pairs), truncated to ``max_length``;
+    with ``prompt_task``, the task's prompt (room left for the longest answer)."""
+    if prompt_task is not None:
+        return encode_prompts(dataset, tokenizer, prompt_task, max_length)
     pairs = any(dataset["text_b"][:50])
 
     def encode(batch: dict) -> dict:
@@ -32,17 +39,18 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: i
 
 
 def make_loader(
-    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool, seed: int = 0
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool, seed: int = 0,
+    prompt_task: str | None = None,
 ) -> DataLoader:
-    """Batches padded to the longest sequence in the batch (not to ``max_length``: much faster on CPU)."""
+    """Batches padded to the longest sequence in the batch (not to ``max_length``: much faster on CPU);
+    with ``prompt_task``, prompts left-padded (they all end where the answers begin)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset.with_format("torch"),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
-    )
+    if prompt_task is not None:
+        collate = PromptCollator(tokenizer)
+    else:
+        collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    return DataLoader(dataset.with_format("torch"), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=collate)
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):

@@ -135,3 +135,31 @@ def tiny_sst2_dir(tmp_path_factory) -> Path:
     (root / "glue" / "SST-2" / "train.tsv").write_text(rows(240))
     (root / "glue" / "SST-2" / "dev.tsv").write_text(rows(60))
     return root
+
+
+PROMPT_WORDS = ["It", "was", "terrible", "Yes", "No", "Maybe", "Does", "this", "mean", "that", "true", "or", "?", '"',
+                "Suppose", "Can", "we", "infer", ","]
+
+
+def save_tiny_decoder(folder: Path, family: str = "llama") -> Path:
+    """A tiny random decoder LM of ``family`` with a word-level tokenizer (BOS/EOS, no pad), saved like a
+    hub folder; the words of the tiny SST-2 data and of the prompt templates are in the vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["<unk>", "<s>", "</s>", *dict.fromkeys(WORDS + PROMPT_WORDS)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    cfg = DECODER_CONFIGS[family]()
+    cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id = len(vocab), 1, 2
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return save_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
