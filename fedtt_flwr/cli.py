@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lora-rank", type=int)
     f.add_argument("--warmup", type=float)
     f.add_argument("--bias", dest="adapter_bias", action="store_const", const=True, help="TT layers with biases")
+    f.add_argument("--adapter-init", choices=["loretta", "near-identity"])
     f.add_argument("--max-grad-norm", type=float)
     f.add_argument("--seed", type=int)
     f.add_argument("--device")
