@@ -88,7 +88,8 @@ def groups(results: list[dict]) -> dict[tuple, list[dict]]:
 
 def table(results: list[dict]) -> str:
     rows = ["| task | alpha | rounds | method | lever | seeds | bytes up / client / round | reached | "
-            "MB up to target | round | final dev | final, lora same setting |", "|---" * 12 + "|"]
+            "MB up to target | round | lora MB / this MB | final dev | mean of last 5 rounds | final, lora |",
+            "|---" * 14 + "|"]
     grouped = groups(results)
     for (task, alpha, rounds, method, lev), runs in grouped.items():
         metric, target = get_task(task).metrics[0], TARGETS[task]
@@ -96,10 +97,15 @@ def table(results: list[dict]) -> str:
         reached = [h for h in hits if h]
         per_client = statistics.mean(r["bytes_up_per_round"][0] / (r["run_config"]["min-clients"]) for r in runs)
         lora = grouped.get((task, alpha, rounds, "lora", "default"), [])
+        lora_hits = [h for h in (mb_to_target(r["curve"], metric, target) for r in lora) if h]
+        ratio = (f"{statistics.mean(h[0] for h in lora_hits) / statistics.mean(h[0] for h in reached):.2f}"
+                 if reached and lora_hits and len(reached) == len(runs) else "-")
+        tail = [statistics.mean(p[metric] for p in r["curve"][-5:]) for r in runs]
         rows.append(
             f"| {task} | {alpha:g} | {rounds} | {method} | {lev} | {','.join(str(r['cell']['seed']) for r in runs)} | "
             f"{round(per_client):,} | {len(reached)}/{len(runs)} | {_ms([h[0] for h in reached])} | "
-            f"{_ms([h[1] for h in reached], '{:.1f}')} | {_ms([100 * r['final'][metric] for r in runs], '{:.1f}')} | "
+            f"{_ms([h[1] for h in reached], '{:.1f}')} | {ratio} | "
+            f"{_ms([100 * r['final'][metric] for r in runs], '{:.1f}')} | {_ms([100 * x for x in tail], '{:.1f}')} | "
             f"{_ms([100 * r['final'][metric] for r in lora], '{:.1f}')} |")
     return "\n".join(rows)
 

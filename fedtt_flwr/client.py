@@ -24,6 +24,7 @@ from .config import RunConfig
 from .data import PartitionSpec, check_partition_id, load_task, make_partitioner
 from .methods import build_model, prompt_task
 from .models import pick_device
+from .privacy import check_budget, dp_train_steps, load_history, save_history, settings_for
 from .train import cycle, make_loader, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
@@ -126,13 +127,24 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed, prompt_task=prompt_task(cfg))
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    mu = float(msg.content["config"].get("proximal-mu", 0.0))
-    stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
-                        max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu)
+    extra = {}
+    dp = settings_for(cfg, len(data))
+    if dp is None:
+        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
+                            max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu)
+    else:
+        settings, q = dp
+        history = load_history(context.state)
+        step = (settings.noise_multiplier, q, cfg.local_steps)
+        epsilon = check_budget(history, step, settings, f"client (partition {pid})")
+        stats = dp_train_steps(sess.model, loader, optimizer, cfg.local_steps, sess.device, settings, seed)
+        save_history(context.state, [*history, step])
+        extra = {"dp-epsilon": epsilon, "dp-noise-multiplier": settings.noise_multiplier}
     state = get_adapter_state(sess.model)
     arrays = ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names})
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(data),
-                            "steps": cfg.local_steps})
+                            "steps": cfg.local_steps, **extra})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "identity"]
 Placement = Literal["auto", "encoder", "decoder"]
@@ -126,6 +126,14 @@ class RunConfig(BaseModel):
     central_eval: bool = True
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(128, ge=1)
+    # local differential privacy (fedtt_flwr.privacy)
+    dp: Literal["off", "sigma", "epsilon"] = Field(
+        "off", description="DP-SGD on the clients: off; sigma: dp-noise-multiplier as given; epsilon: the noise "
+                           "that spends dp-epsilon over the whole run")
+    dp_noise_multiplier: float = Field(1.0, ge=0, description="dp=sigma: Gaussian noise std / clipping norm")
+    dp_max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm C")
+    dp_epsilon: float = Field(0.0, ge=0, description="dp=epsilon: the target; dp=sigma: a budget (0: none)")
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
     seed: int = 0
     output_dir: str = Field("runs", description="absolute path recommended: flwr runs from the SuperLink's cwd")
     run_name: str = ""
@@ -145,6 +153,13 @@ class RunConfig(BaseModel):
         from strategies.schedules import make_schedule
 
         make_schedule(v)
+        return v
+
+    @field_validator("dp_epsilon")
+    @classmethod
+    def _positive_target(cls, v: float, info: ValidationInfo) -> float:
+        if info.data.get("dp") == "epsilon" and v <= 0:
+            raise ValueError("dp=epsilon needs a target epsilon > 0")
         return v
 
     @field_validator("data_dir")

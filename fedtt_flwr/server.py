@@ -142,7 +142,8 @@ def main(grid: Grid, context: Context) -> dict:
                   "clients": stats.get("clients", 0), "replies": stats.get("replies", 0),
                   "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
                   "bytes_down": stats.get("bytes_down", 0),
-                  "train_loss": stats.get("train_metrics", {}).get("train-loss")}
+                  "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0)}
+        record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean") if k in stats})
         record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
                        if k != "num-examples"})
         central = None

@@ -219,6 +219,11 @@ class FedTT(Strategy):
                     msg.metadata.src_node_id, server_round, reason)
         self._mark_synced(replies)
         stats["replies"] = sum(not m.has_error() for m in valid)
+        stats["errors"] = sum(m.has_error() for m in replies)
+        epsilons = [float(m.content["metrics"]["dp-epsilon"]) for m in valid if not m.has_error()
+                    and "metrics" in m.content.metric_records and "dp-epsilon" in m.content["metrics"]]
+        if epsilons:  # local DP: what the clients of this round have spent so far
+            stats["dp_epsilon_max"], stats["dp_epsilon_mean"] = max(epsilons), float(np.mean(epsilons))
         if stats["replies"] == 0:
             log(WARNING, "FedTT: no usable reply in round %s; the global adapters stay as they were", server_round)
             return None, None

@@ -192,3 +192,16 @@ def test_client_memory_estimate():
     assert client_memory(report, dtype="float32")["backbone"] == round(report["backbone_params"] * 4 / 1e9, 3)
     with pytest.raises(ValueError, match="dtype"):
         client_memory(report, dtype="int8")
+
+
+@pytest.mark.parametrize(("dtype", "amp"), [("bfloat16", None), ("float32", torch.bfloat16)])
+def test_bf16_backbone_or_autocast_trains_fp32_adapters(tiny_llama_dir, dtype, amp):
+    """The GPU settings (a bf16 backbone, or bf16 autocast) on CPU: fp32 adapters get finite gradients."""
+    model, tok = build_model(RunConfig(model=str(tiny_llama_dir), task="sst2", dtype=dtype))
+    batch = PromptCollator(tok)([{"input_ids": [1, 3, 4], "label": 0}, {"input_ids": [1, 5], "label": 1}])
+    with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        out = model(**batch)
+    out.loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 and p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)

@@ -1,0 +1,148 @@
+"""Local differential privacy: DP-SGD on a client's trainable tensors with Opacus, and its accounting.
+
+Each client clips every example's gradient (of the travelling tensors only: TT cores, adapter biases,
+head) to ``max_grad_norm`` and adds Gaussian noise of std ``noise_multiplier * max_grad_norm``; batches
+are Poisson-sampled at rate ``q = batch_size / n_client``, the sampling the RDP accountant assumes. A
+client's accountant history lives in its Flower ``Context.state`` and grows by the steps it takes in
+every round it is sampled; no trusted server is needed.
+
+Noise from a target: ``noise_multiplier`` is derived for ``num_server_rounds * local_steps`` steps, i.e.
+as if the client were sampled in **every** round. A client sampled less often spends less than the
+target; the accountant reports what it actually spent, and a client refuses a round that would take it
+past its budget.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, RecordDict
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import RunConfig
+
+STATE_KEY = "fedtt-dp"
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """A round would take the client past its epsilon budget: it does not train."""
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """What a client needs for one round of DP-SGD (see :meth:`RunConfig.dp_settings`)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    budget: float  # epsilon; 0: none
+
+
+def noise_for_target(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The noise multiplier that spends exactly (``epsilon``, ``delta``) in ``steps`` Poisson-sampled steps."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant="rdp"))
+
+
+def spent_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of an RDP accountant with this history of (noise multiplier, sample rate, steps)."""
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is sound, only loose
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(accountant.get_epsilon(delta))
+
+
+def load_history(state: RecordDict) -> list[tuple[float, float, int]]:
+    if STATE_KEY not in state:
+        return []
+    rec = state[STATE_KEY]
+    return list(zip(rec["sigma"], rec["q"], rec["steps"], strict=True))
+
+
+def save_history(state: RecordDict, history: list[tuple[float, float, int]]) -> None:
+    state[STATE_KEY] = ConfigRecord({"sigma": [float(h[0]) for h in history], "q": [float(h[1]) for h in history],
+                                     "steps": [int(h[2]) for h in history]})
+
+
+def check_budget(history: list[tuple[float, float, int]], step: tuple[float, float, int], dp: DPSettings,
+                 who: str) -> float:
+    """Epsilon after the planned round; :class:`PrivacyBudgetExceeded` if that passes the budget."""
+    after = spent_epsilon([*history, step], dp.delta)
+    if dp.budget and after > dp.budget * (1 + 1e-6):
+        raise PrivacyBudgetExceeded(
+            f"{who}: privacy budget spent: epsilon is {spent_epsilon(history, dp.delta):.3f} and this round "
+            f"({step[2]} steps, sigma {step[0]:.3f}, q {step[1]:.4f}) would take it to {after:.3f} > "
+            f"dp-epsilon {dp.budget:g} (delta {dp.delta:g}); it does not train any more")
+    return after
+
+
+def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, steps: int,
+                   device: torch.device, dp: DPSettings, seed: int) -> dict[str, float]:
+    """``steps`` DP-SGD steps on Poisson-sampled batches of ``loader``'s dataset. Per-example gradients of
+    the trainable tensors come from Opacus (functorch for custom layers such as the TT layers), are
+    clipped to ``dp.max_grad_norm``, summed, noised and averaged over the expected batch size, then
+    ``optimizer`` (e.g. AdamW) steps. The model comes back unwrapped, with no Opacus hooks."""
+    generator = torch.Generator().manual_seed(seed)
+    poisson = DPDataLoader.from_data_loader(loader, generator=generator)
+    gsm = GradSampleModule(model, force_functorch=True, loss_reduction="mean", strict=False)
+    dp_opt = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                         expected_batch_size=loader.batch_size, loss_reduction="mean", generator=generator)
+    model.train()
+    losses, seen = [], 0
+    batches = _endless(poisson)
+    try:
+        for step in range(1, steps + 1):
+            batch = next(batches)
+            if batch["labels"].shape[0] == 0:  # an empty Poisson draw: nothing to add but noise; skip it
+                continue
+            batch = {k: v.to(device) for k, v in batch.items()}
+            dp_opt.zero_grad(set_to_none=True)
+            loss = gsm(**batch).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at DP step {step}")
+            with warnings.catch_warnings():  # Opacus' hooks on a frozen backbone: inputs need no gradient
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
+            dp_opt.step()
+            losses.append(loss.item())
+            seen += batch["labels"].shape[0]
+    finally:
+        dp_opt.zero_grad(set_to_none=True)
+        gsm.to_standard_module()
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "num_examples": seen}
+
+
+def _endless(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def settings_for(cfg: RunConfig, num_examples: int) -> tuple[DPSettings, float] | None:
+    """``(settings, sample rate)`` of this client's DP-SGD, or None when ``dp = "off"``. With
+    ``dp = "epsilon"`` the noise is planned for ``num-server-rounds * local-steps`` steps, as if the client
+    were sampled in every round (the worst case)."""
+    if cfg.dp == "off":
+        return None
+    q = 1.0 / math.ceil(max(num_examples, 1) / cfg.batch_size)  # what Opacus' Poisson loader samples at
+    if cfg.dp == "epsilon":
+        sigma = noise_for_target(cfg.dp_epsilon, cfg.dp_delta, q, cfg.num_server_rounds * cfg.local_steps)
+    else:
+        sigma = cfg.dp_noise_multiplier
+    return DPSettings(sigma, cfg.dp_max_grad_norm, cfg.dp_delta, cfg.dp_epsilon), q
+
