@@ -30,10 +30,13 @@ def lora_targets(model: nn.Module) -> list[str]:
     return list(targets)
 
 
-def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32") -> int:
-    """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes."""
+def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32", packed: bool = False) -> int:
+    """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes; ``packed``:
+    for the one flat array a packed reply carries (``pack-arrays``; the uplink carries no layout)."""
+    from strategies.packing import pack
+
     record = ArrayRecord({k: Array(np.zeros(s, dtype=dtype)) for k, s in shapes.items()})
-    return record.count_bytes()
+    return (pack(record)[0] if packed else record).count_bytes()
 
 
 def lora_shapes(model: nn.Module, rank: int, targets: list[str]) -> dict[str, tuple[int, ...]]:
@@ -52,7 +55,7 @@ def _numel(shapes: dict[str, tuple[int, ...]]) -> int:
 
 
 def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTAdapterConfig,
-                 tt_state: dict, lora: dict, head: dict, rounds: int = 12) -> dict:
+                 tt_state: dict, lora: dict, head: dict, rounds: int = 12, packed: bool = False) -> dict:
     """Per method: trainable values and uplink bytes per round for one client (mean over ``rounds``
     rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns).
     ``head``: the model's own (dense) head, which the LoRA methods train and send."""
@@ -60,15 +63,15 @@ def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTA
 
     counts = cores_per_layer(tt_state).values()
     plus = [serialized_bytes({n: tt_state[n] for n in trainable_names(
-        list(tt_state), plan_for_round(CyclicSchedule(), r, counts))}) for r in range(1, rounds + 1)]
+        list(tt_state), plan_for_round(CyclicSchedule(), r, counts))}, packed=packed) for r in range(1, rounds + 1)]
     dense_model = add_tt_adapters(build_empty_model(model_name, task_kind, num_labels),
                                   cfg.model_copy(update={"dense": True}))
     dense = {n: tuple(p.shape) for n, p in dense_model.named_parameters() if n in set(dense_model.fedtt_state_names)}
     a = {n: v for n, v in lora.items() if ".lora_A." in n}
     b = {n: v for n, v in lora.items() if ".lora_B." in n}
-    rolora = [serialized_bytes({**(a if r % 2 else b), **head}) for r in range(1, rounds + 1)]
+    rolora = [serialized_bytes({**(a if r % 2 else b), **head}, packed=packed) for r in range(1, rounds + 1)]
     def row(trained: dict, sent: float | None = None) -> dict:
-        up = serialized_bytes(trained) if sent is None else round(float(sent))
+        up = serialized_bytes(trained, packed=packed) if sent is None else round(float(sent))
         return {"trainable_params": _numel(trained), "bytes_up_per_round": up}
 
     return {
@@ -109,6 +112,8 @@ def param_report(
     cfg_model = model.config
     return {
         "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head),
+        "methods_packed": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head,
+                                       packed=True),
         "model": model_name,
         "model_type": cfg_model.model_type,
         "hidden_size": cfg_model.hidden_size,

@@ -66,10 +66,10 @@ def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
     inner = inner_strategy(cfg)
     if cfg.method == "fedtt+":
         schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
-        return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync)
+        return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync, pack=cfg.pack_arrays)
     if cfg.method == "rolora":
-        return FedAlternating(inner, include=travelling, sync=cfg.sync)
-    return FedTT(inner, include=travelling)
+        return FedAlternating(inner, include=travelling, sync=cfg.sync, pack=cfg.pack_arrays)
+    return FedTT(inner, include=travelling, pack=cfg.pack_arrays)
 
 
 def run_folder(cfg: RunConfig) -> Path:

@@ -1,7 +1,8 @@
 """Flower strategies for tensor-train adapters (numpy and Flower only; no torch)."""
 
 from .fedtt import DEFAULT_INCLUDE, PLAN_KEY, SYNC_KEY, FedAlternating, FedTT, FedTTPlus, record_bytes
-from .protocol import CACHE_KEY, receive_global, round_trainable
+from .packing import pack, unpack
+from .protocol import CACHE_KEY, named_arrays, receive_global, reply_arrays, round_trainable
 from .schedules import (
     AllSchedule,
     CyclicSchedule,
@@ -30,8 +31,12 @@ __all__ = [
     "decode_plan",
     "encode_plan",
     "make_schedule",
+    "named_arrays",
+    "pack",
     "receive_global",
     "round_trainable",
     "record_bytes",
+    "reply_arrays",
     "trainable_names",
+    "unpack",
 ]

@@ -31,6 +31,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from .packing import LAYOUT_PREFIX, pack, unpack
 from .schedules import (
     AllSchedule,
     Schedule,
@@ -63,8 +64,11 @@ def _matcher(include: Include) -> Callable[[str], bool]:
 
 
 def record_bytes(content: RecordDict) -> int:
-    """Serialized array bytes of a message's content (Flower's ``ArrayRecord.count_bytes``)."""
-    return sum(rec.count_bytes() for rec in content.array_records.values())
+    """Serialized array bytes of a message's content (Flower's ``ArrayRecord.count_bytes``), plus the
+    layout strings of packed records (:mod:`strategies.packing`)."""
+    layouts = sum(len(k) + len(str(v)) for rec in content.config_records.values() for k, v in rec.items()
+                  if k.startswith(LAYOUT_PREFIX))
+    return sum(rec.count_bytes() for rec in content.array_records.values()) + layouts
 
 
 def _subset(arrays: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
@@ -81,11 +85,15 @@ class FedTT(Strategy):
     include : regex, predicate or list of names, optional
         Which tensors of the global ArrayRecord travel (default: :data:`DEFAULT_INCLUDE`). Everything
         else stays on the server, unchanged.
+    pack : bool
+        Send every record as one flat array plus a layout string (:mod:`strategies.packing`): the same
+        numbers without Flower's per-array header; clients reply packed in the same order.
     """
 
-    def __init__(self, inner: Strategy | None = None, include: Include = None) -> None:
+    def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False) -> None:
         self.inner = inner if inner is not None else FedAvg()
         self.include = _matcher(include)
+        self.pack = pack
         self.schedule: Schedule = AllSchedule()
         self.sync: Literal["full", "delta"] = "full"
         self._global: ArrayRecord | None = None
@@ -146,11 +154,37 @@ class FedTT(Strategy):
             sync = self._sync_for(node, frozen)
             if sync:
                 content[SYNC_KEY] = _subset(self._global, sync)
+            if self.pack:
+                self._pack(content)
             self._pending[node] = dict(self._version)
             stats["bytes_down"] += record_bytes(content)
             out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=msg.metadata.group_id))
         return out
+
+    def _pack(self, content: RecordDict) -> None:
+        config = ConfigRecord(dict(content[self.inner_config_key].items())) \
+            if self.inner_config_key in content else ConfigRecord()
+        for key in (self.arrays_key, SYNC_KEY):
+            if key in content:
+                content[key], config[LAYOUT_PREFIX + key] = pack(content[key])
+        content[self.inner_config_key] = config  # per message: a node's sync layout is its own
+
+    @property
+    def inner_config_key(self) -> str:
+        return getattr(self.inner, "configrecord_key", "config")
+
+    def _unpack_reply(self, msg: Message) -> str | None:
+        """Packed replies come back in the order sent: name them again (or say why they cannot be)."""
+        rec = msg.content.array_records.get(self.arrays_key)
+        if rec is None:
+            return None
+        try:
+            msg.content[self.arrays_key] = unpack(
+                rec, [(n, tuple(self._global[n].shape)) for n in self._expected])
+        except ValueError as exc:
+            return f"packed reply: {exc}"
+        return None
 
     def _mark_synced(self, replies: list[Message]) -> None:
         for msg in replies:
@@ -210,7 +244,7 @@ class FedTT(Strategy):
                 valid.append(msg)  # the inner strategy logs and drops error replies itself
                 continue
             stats["bytes_up"] += record_bytes(msg.content)
-            reason = self._reject_reason(msg)
+            reason = (self._unpack_reply(msg) if self.pack else None) or self._reject_reason(msg)
             if reason is None:
                 valid.append(msg)
             else:
@@ -283,8 +317,9 @@ class FedTTPlus(FedTT):
         include: Include = None,
         schedule: Schedule | None = None,
         sync: Literal["full", "delta"] = "delta",
+        pack: bool = False,
     ) -> None:
-        super().__init__(inner, include)
+        super().__init__(inner, include, pack)
         if sync not in ("full", "delta"):
             raise ValueError(f"sync must be 'full' or 'delta', got {sync!r}")
         from .schedules import CyclicSchedule
@@ -304,8 +339,9 @@ class FedAlternating(FedTT):
         include: Include = None,
         groups: tuple[str, ...] = (r"\.lora_A\.", r"\.lora_B\."),
         sync: Literal["full", "delta"] = "delta",
+        pack: bool = False,
     ) -> None:
-        super().__init__(inner, include)
+        super().__init__(inner, include, pack)
         if len(groups) < 2:
             raise ValueError("FedAlternating needs at least two groups to alternate between")
         self.groups = tuple(re.compile(g) for g in groups)

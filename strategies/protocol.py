@@ -1,6 +1,7 @@
 """The client's half of the FedTT/FedTT+ message protocol, in numpy/Flower terms (no torch).
 
-Any ClientApp can use these two functions to take part in a FedTT or FedTT+ run.
+Any ClientApp can use these functions to take part in a FedTT or FedTT+ run: ``receive_global`` and
+``round_trainable`` on the way in, ``reply_arrays`` on the way out (it packs when the server packed).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, RecordDict
 
 from .fedtt import PLAN_KEY, SYNC_KEY
+from .packing import LAYOUT_PREFIX, pack, unpack
 from .schedules import decode_plan, trainable_names
 
 CACHE_KEY = "fedtt-global"
@@ -20,10 +22,9 @@ def receive_global(content: RecordDict, state: RecordDict | None = None, arrays_
     merged: dict = {}
     if state is not None and CACHE_KEY in state:
         merged.update(state[CACHE_KEY].items())
-    if SYNC_KEY in content:
-        merged.update(content[SYNC_KEY].items())
-    if arrays_key in content:
-        merged.update(content[arrays_key].items())
+    for key in (SYNC_KEY, arrays_key):
+        if key in content:
+            merged.update(named_arrays(content, key).items())
     record = ArrayRecord(merged)
     if state is not None:
         state[CACHE_KEY] = record
@@ -33,7 +34,7 @@ def receive_global(content: RecordDict, state: RecordDict | None = None, arrays_
 def round_trainable(content: RecordDict, arrays_key: str = "arrays", config_key: str = "config") -> list[str]:
     """Names this node trains (and sends back) this round: the tensors under ``arrays_key``, checked
     against the round's core plan when one is announced."""
-    names = list(content[arrays_key].keys()) if arrays_key in content else []
+    names = list(named_arrays(content, arrays_key).keys()) if arrays_key in content else []
     config = content.config_records.get(config_key)
     if config is not None and PLAN_KEY in config:
         planned = trainable_names(names, decode_plan(str(config[PLAN_KEY])))
@@ -41,3 +42,20 @@ def round_trainable(content: RecordDict, arrays_key: str = "arrays", config_key:
             extra = sorted(set(names) - set(planned))[:3]
             raise ValueError(f"the message's tensors do not follow its core plan (e.g. {extra})")
     return names
+
+
+def named_arrays(content: RecordDict, key: str = "arrays", config_key: str = "config") -> ArrayRecord:
+    """A record of the message by tensor name, unpacked when the server packed it."""
+    config = content.config_records.get(config_key)
+    if config is not None and LAYOUT_PREFIX + key in config:
+        return unpack(content[key], str(config[LAYOUT_PREFIX + key]))
+    return content[key]
+
+
+def reply_arrays(content: RecordDict, trained: ArrayRecord, arrays_key: str = "arrays",
+                 config_key: str = "config") -> ArrayRecord:
+    """What to send back: ``trained`` (in the order received), packed when the server packed."""
+    config = content.config_records.get(config_key)
+    if config is not None and LAYOUT_PREFIX + arrays_key in config:
+        return pack(trained)[0]
+    return trained
