@@ -46,6 +46,8 @@ from .schedules import (
 #: task-head names. Pass ``include=`` for other naming schemes.
 DEFAULT_INCLUDE = r"(^|\.)core_\d+$|\.adapter\.|^(classifier|score|pre_classifier)\."
 SYNC_KEY = "fedtt-sync"
+#: the largest example count a reply may claim (its FedAvg weight); larger is treated as a bad reply
+MAX_EXAMPLES = 10**9
 PLAN_KEY = "fedtt-plan"
 
 Include = str | Callable[[str], bool] | Iterable[str] | None
@@ -94,6 +96,7 @@ class FedTT(Strategy):
         self.inner = inner if inner is not None else FedAvg()
         self.include = _matcher(include)
         self.pack = pack
+        self.max_examples = MAX_EXAMPLES
         self.schedule: Schedule = AllSchedule()
         self.sync: Literal["full", "delta"] = "full"
         self._global: ArrayRecord | None = None
@@ -210,6 +213,18 @@ class FedTT(Strategy):
                 return f"{name}: shape/dtype {tuple(arr.shape)}/{arr.dtype}, expected {tuple(ref.shape)}/{ref.dtype}"
             if not np.isfinite(arr.numpy()).all():
                 return f"{name}: contains NaN or Inf"
+        return self._weight_problem(msg)
+
+    def _weight_problem(self, msg: Message) -> str | None:
+        """The averaging weight (``num-examples`` by default) must be a positive, plausible count: one
+        reply claiming 10^12 examples would otherwise own the average."""
+        key = getattr(self.inner, "weighted_by_key", "num-examples")
+        metrics = [rec for rec in msg.content.metric_records.values() if key in rec]
+        if not metrics:
+            return f"no '{key}' in its MetricRecord"
+        value = metrics[0][key]
+        if isinstance(value, list) or not np.isfinite(value) or value <= 0 or value > self.max_examples:
+            return f"'{key}' is {value!r} (expected a count in 1..{self.max_examples:g})"
         return None
 
     # ------------------------------------------------------------------ Strategy API

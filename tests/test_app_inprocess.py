@@ -135,3 +135,21 @@ def test_run_inprocess_runs_the_project_apps(tmp_path, tiny_model_dir, tiny_sst2
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert summary["rounds"] == 1 and lines[1]["replies"] == 3 and lines[1]["method"] == "fedtt+"
     assert summary["total_bytes_up"] == lines[1]["bytes_up"] > 0
+
+
+def test_a_client_that_fails_every_round_leaves_the_others_to_finish(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """1 of 4 clients raises in every round: each round goes on with the 3 replies it has."""
+    run_config = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "output-dir": str(tmp_path),
+                  "num-server-rounds": 3, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 3,
+                  "run-name": "flaky"}
+
+    def flaky(msg, ctx):
+        if ctx.node_config["partition-id"] == 2:
+            raise RuntimeError("disk full")
+        return client_app(msg, ctx)
+
+    grid = InProcessGrid(flaky, 4, run_config)
+    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    lines = [json.loads(x) for x in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["clients"], x["replies"], x["errors"]) for x in lines[1:]] == [(4, 3, 1)] * 3
+    assert lines[-1]["accuracy"] is not None

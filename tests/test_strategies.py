@@ -226,6 +226,27 @@ def test_bad_replies_are_rejected_counted_and_never_averaged():
     assert np.array_equal(result.arrays["backbone.embed.weight"].numpy(), initial["backbone.embed.weight"].numpy())
 
 
+@pytest.mark.parametrize("claim", [0, -5, 1e12, float("nan"), None])
+def test_replies_with_an_implausible_example_count_are_rejected(claim, caplog):
+    def lying_client(msg, ctx):
+        reply = numpy_client()(msg, ctx)
+        if ctx.node_id != 101:
+            if claim is None:
+                del reply.content["metrics"]["num-examples"]
+            else:
+                reply.content["metrics"]["num-examples"] = claim
+        return reply
+
+    strategy = FedTT(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0))
+    with caplog.at_level("WARNING"):
+        _, initial, result = run(strategy, client=lying_client)
+    assert strategy.rounds[1]["rejected"] == 2 and strategy.rounds[1]["replies"] == 1
+    assert "num-examples" in caplog.text and "node 102" in caplog.text
+    name = f"{LAYERS[0]}.core_0"
+    assert np.allclose(result.arrays[name].numpy(), initial[name].numpy() + 1.0)  # node 101's update only
+    assert np.array_equal(result.arrays["backbone.embed.weight"].numpy(), initial["backbone.embed.weight"].numpy())
+
+
 def test_schedules():
     cyc = CyclicSchedule()
     assert [cyc.cores(r, 5) for r in (1, 2, 3, 4)] == [[0, 1, 4], [0, 2, 4], [0, 3, 4], [0, 1, 4]]
