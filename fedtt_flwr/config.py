@@ -139,6 +139,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     output_dir: str = Field("runs", description="absolute path recommended: flwr runs from the SuperLink's cwd")
     run_name: str = ""
+    resume: str = Field("", description="a run folder: continue that run after its last finished round")
 
     @field_validator("task")
     @classmethod

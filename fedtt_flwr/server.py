@@ -7,13 +7,17 @@ round 0 = the initial adapters), ``adapter.safetensors`` (final global adapters)
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from logging import INFO
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets.utils.logging import disable_progress_bar
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
@@ -73,12 +77,36 @@ def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
 
 
 def run_folder(cfg: RunConfig) -> Path:
+    if cfg.resume:
+        return _resume_folder(cfg)
     name = cfg.run_name or (
         f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.method.replace('+', 'plus')}-{cfg.model}-{cfg.task}"
         f"-{cfg.partition}{cfg.alpha if cfg.partition == 'dirichlet' else ''}-r{cfg.rank}-s{cfg.seed}")
     path = Path(cfg.output_dir).expanduser().resolve() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+#: keys that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("resume", "num-server-rounds")
+
+
+def _resume_folder(cfg: RunConfig) -> Path:
+    """The folder of the run to resume, checked: same settings (but ``RESUMABLE_CHANGES``), no DP."""
+    folder = Path(cfg.resume).expanduser().resolve()
+    saved = folder / "config.json"
+    if not saved.exists():
+        raise FileNotFoundError(f"resume: {saved} does not exist (resume= takes the folder of an earlier run)")
+    if cfg.dp != "off":
+        raise ValueError("resume: not with dp: each client's privacy accountant lives in the interrupted run's "
+                         "node contexts and would restart at zero")
+    before = json.loads(saved.read_text())["run_config"]
+    now = cfg.model_dump(by_alias=True)
+    changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"resume: settings differ from the run in {folder}: "
+                         + ", ".join(f"{k}={before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5]))
+    return folder
 
 
 class MetricsLog:
@@ -103,6 +131,61 @@ class MetricsLog:
             f"{record['train_loss']:.4f}" if record.get("train_loss") is not None else "-",
             record.get("bytes_up", 0) / 1e6, record.get("bytes_down", 0) / 1e6,
             (self.total_up + self.total_down) / 1e6, record["elapsed_s"])
+
+
+def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num_rounds: int,
+               train_config: ConfigRecord, after_round: Callable[[int, ArrayRecord], None],
+               timeout: float = 3600) -> ArrayRecord:
+    """Rounds ``start..num_rounds`` of train (and federated evaluation, when configured), then
+    ``after_round``: what Flower's ``Strategy.start`` does, from any round, so a run can resume."""
+    for server_round in range(start, num_rounds + 1):
+        log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
+        replies = grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid), timeout=timeout)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = aggregated
+        messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        if messages:
+            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+        after_round(server_round, arrays)
+    return arrays
+
+
+CHECKPOINT = "checkpoint.pkl"
+
+
+def save_round(out: Path, server_round: int, arrays: ArrayRecord, strategy: FedTT, metrics_log: MetricsLog) -> None:
+    """After every round, atomically: the global adapters, the strategy's state, the RNG states and the
+    byte totals, so ``resume`` continues exactly where this round ended."""
+    state = {"round": server_round, "arrays": {n: a.numpy() for n, a in arrays.items()},
+             "strategy": strategy.get_state(), "random": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(), "total_up": metrics_log.total_up,
+             "total_down": metrics_log.total_down, "elapsed": time.perf_counter() - metrics_log.t0}
+    tmp = out / (CHECKPOINT + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(state, f)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def resume_run(out: Path, strategy: FedTT, metrics_log: MetricsLog) -> tuple[int, ArrayRecord]:
+    """``(first round to run, global adapters)`` from the run folder's last checkpoint; metrics.jsonl is
+    cut back to the rounds the checkpoint holds. The file is this server's own pickle: load only yours."""
+    path = out / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"resume: {path} does not exist (no round of that run finished)")
+    with open(path, "rb") as f:
+        state = pickle.load(f)
+    strategy.set_state(state["strategy"])
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    metrics_log.total_up, metrics_log.total_down = state["total_up"], state["total_down"]
+    metrics_log.t0 -= state["elapsed"]
+    lines = metrics_log.path.read_text().splitlines() if metrics_log.path.exists() else []
+    kept = [x for x in lines if json.loads(x)["round"] <= state["round"]]
+    metrics_log.path.write_text("".join(x + "\n" for x in kept))
+    return state["round"] + 1, ArrayRecord({n: Array(a) for n, a in state["arrays"].items()})
 
 
 def main(grid: Grid, context: Context) -> dict:
@@ -160,12 +243,23 @@ def main(grid: Grid, context: Context) -> dict:
         metrics_log.write(record)
         return central
 
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
-                            train_config=ConfigRecord({"proximal-mu": cfg.proximal_mu}),
-                            evaluate_config=ConfigRecord(), evaluate_fn=evaluate_fn)
-    set_adapter_state(model, {n: a.numpy() for n, a in result.arrays.items()})
+    start, arrays = 1, initial
+    if cfg.resume:
+        start, arrays = resume_run(out, strategy, metrics_log)
+        log(INFO, "[fedtt] resuming %s after round %d", out, start - 1)
+    results: dict[int, MetricRecord | None] = {}
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        results[server_round] = evaluate_fn(server_round, arrays)
+        save_round(out, server_round, arrays, strategy, metrics_log)
+
+    if start == 1:
+        results[0] = evaluate_fn(0, arrays)
+    arrays = run_rounds(strategy, grid, arrays, start, cfg.num_server_rounds,
+                        ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round)
+    set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
     save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
-    final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds)
+    final = results.get(cfg.num_server_rounds)
     summary = {
         "run_folder": str(out), "rounds": cfg.num_server_rounds,
         "final": dict(final) if final is not None else None,

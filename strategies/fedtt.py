@@ -108,6 +108,20 @@ class FedTT(Strategy):
         #: per round: bytes_down, bytes_up, clients, rejected, trainable tensors and the plan
         self.rounds: dict[int, dict] = {}
 
+    # ------------------------------------------------------------------ checkpoints
+    def get_state(self) -> dict:
+        """What a resumed run needs (picklable): the inner strategy (FedAdam's moments, FedAvgM's
+        momentum, ...), the global tensors, their versions and the per-round statistics."""
+        return {"inner": self.inner, "global": self._global, "version": dict(self._version),
+                "rounds": dict(self.rounds)}
+
+    def set_state(self, state: dict) -> None:
+        """Restore :meth:`get_state`. Nodes are assumed to have lost their copies (a restarted run has
+        new node contexts), so the next round sends them every frozen tensor they need."""
+        self.inner, self._global = state["inner"], state["global"]
+        self._version, self.rounds = dict(state["version"]), dict(state["rounds"])
+        self._node_synced, self._pending = {}, {}
+
     # ------------------------------------------------------------------ helpers
     @property
     def arrays_key(self) -> str:

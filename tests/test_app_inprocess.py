@@ -153,3 +153,57 @@ def test_a_client_that_fails_every_round_leaves_the_others_to_finish(tmp_path, t
     lines = [json.loads(x) for x in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["clients"], x["replies"], x["errors"]) for x in lines[1:]] == [(4, 3, 1)] * 3
     assert lines[-1]["accuracy"] is not None
+
+
+class _CrashInRound(InProcessGrid):
+    """A grid whose connection dies when round ``crash`` starts (the ServerApp raises)."""
+
+    def __init__(self, *args, crash: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash = crash
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].content["config"].get("server-round") == self.crash:
+            raise ConnectionError("link lost")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize(("method", "opt"), [("fedtt+", "fedavgm"), ("fedtt", "fedadam")])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, tiny_sst2_dir, method, opt):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    base = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "output-dir": str(tmp_path),
+            "num-server-rounds": 4, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
+            "fraction-train": 0.67, "method": method, "server-opt": opt, "server-lr": 0.05}
+
+    def serve(grid_cls, run_config, **kw):
+        grid = grid_cls(client_app, 3, run_config, **kw)
+        server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+
+    serve(InProcessGrid, {**base, "run-name": "whole"})
+    with pytest.raises(ConnectionError):
+        serve(_CrashInRound, {**base, "run-name": "cut"}, crash=3)
+    cut = tmp_path / "cut"
+    assert [json.loads(x)["round"] for x in (cut / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    serve(InProcessGrid, {**base, "run-name": "cut", "resume": str(cut)})  # new nodes: their caches are gone
+
+    whole, resumed = (load_file(str(tmp_path / n / "adapter.safetensors")) for n in ("whole", "cut"))
+    assert all(np.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+    lines = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+             for n in ("whole", "cut")}
+    assert [x["round"] for x in lines["cut"]] == [0, 1, 2, 3, 4]
+    assert [x["accuracy"] for x in lines["cut"]] == pytest.approx([x["accuracy"] for x in lines["whole"]])
+    assert [x["bytes_up"] for x in lines["cut"]] == [x["bytes_up"] for x in lines["whole"]]
+
+
+def test_resume_refuses_changed_settings_and_missing_folders(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1})
+    folder = tmp_path / "runs" / "test"
+    with pytest.raises(ValueError, match=r"settings differ.*lr=0.01 -> 0.02"):
+        run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, lr=0.02, resume=str(folder))
+    with pytest.raises(FileNotFoundError, match="resume"):
+        run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, resume=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="not with dp"):
+        run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, dp="sigma", resume=str(folder))
