@@ -66,7 +66,7 @@ class TTAdapterConfig(BaseModel):
 
 Method = Literal["fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter"]
 Partition = Literal["iid", "dirichlet", "pathological"]
-ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian"]
+ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian", "fedtrimmedavg"]
 
 
 class RunConfig(BaseModel):
@@ -105,10 +105,13 @@ class RunConfig(BaseModel):
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(0.0, ge=0, le=1)
     min_clients: int = Field(2, ge=1, description="fewest clients a round waits for")
+    min_replies: int = Field(1, ge=1, description="fewer usable replies than this: the round is skipped")
+    round_timeout: float = Field(3600.0, gt=0, description="seconds a round waits for replies; late ones are dropped")
     server_opt: ServerOpt = "fedavg"
     server_lr: float = Field(1.0, gt=0, description="server learning rate (FedAdam/FedYogi/FedAdagrad/FedAvgM)")
     server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM momentum")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal term")
+    trim_beta: float = Field(0.2, ge=0, lt=0.5, description="FedTrimmedAvg: fraction cut from each end, per value")
     # data
     partition: Partition = "dirichlet"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (label skew)")

@@ -6,6 +6,10 @@ are Poisson-sampled at rate ``q = batch_size / n_client``, the sampling the RDP 
 client's accountant history lives in its Flower ``Context.state`` and grows by the steps it takes in
 every round it is sampled; no trusted server is needed.
 
+Opacus is imported only when DP is used: importing it pulls in torch.distributed, and two app modules
+importing that concurrently in one Flower simulation process failed with a circular import (seen in 2 of 4 runs
+of the `flwr run` smoke test).
+
 Noise from a target: ``noise_multiplier`` is derived for ``num_server_rounds * local_steps`` steps, i.e.
 as if the client were sampled in **every** round. A client sampled less often spends less than the
 target; the accountant reports what it actually spent, and a client refuses a round that would take it
@@ -22,11 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, RecordDict
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.data_loader import DPDataLoader
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -51,6 +50,8 @@ class DPSettings:
 
 def noise_for_target(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The noise multiplier that spends exactly (``epsilon``, ``delta``) in ``steps`` Poisson-sampled steps."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
@@ -59,6 +60,8 @@ def noise_for_target(epsilon: float, delta: float, sample_rate: float, steps: in
 
 def spent_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon of an RDP accountant with this history of (noise multiplier, sample rate, steps)."""
+    from opacus.accountants import RDPAccountant
+
     if not history:
         return 0.0
     accountant = RDPAccountant()
@@ -98,6 +101,10 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
     the trainable tensors come from Opacus (functorch for custom layers such as the TT layers), are
     clipped to ``dp.max_grad_norm``, summed, noised and averaged over the expected batch size, then
     ``optimizer`` (e.g. AdamW) steps. The model comes back unwrapped, with no Opacus hooks."""
+    from opacus.data_loader import DPDataLoader
+    from opacus.grad_sample import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
     generator = torch.Generator().manual_seed(seed)
     poisson = DPDataLoader.from_data_loader(loader, generator=generator)
     gsm = GradSampleModule(model, force_functorch=True, loss_reduction="mean", strict=False)

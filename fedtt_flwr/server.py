@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import (
     FedAvgM,
     FedMedian,
     FedProx,
+    FedTrimmedAvg,
     FedYogi,
     Strategy,
 )
@@ -60,6 +61,8 @@ def inner_strategy(cfg: RunConfig) -> Strategy:
         return FedProx(**common, proximal_mu=cfg.proximal_mu)
     if opt == "fedmedian":
         return FedMedian(**common)
+    if opt == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=cfg.trim_beta)
     fedopt = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[opt]
     return fedopt(**common, eta=cfg.server_lr)
 
@@ -67,6 +70,12 @@ def inner_strategy(cfg: RunConfig) -> Strategy:
 def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
     """FedTT+ for ``fedtt+``, the A/B alternation for ``rolora``, plain FedTT (every travelling tensor,
     every round) for ``fedtt``, ``adapter``, ``lora`` and ``ffa-lora``."""
+    strategy = _strategy(cfg, travelling)
+    strategy.min_replies = cfg.min_replies
+    return strategy
+
+
+def _strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
     inner = inner_strategy(cfg)
     if cfg.method == "fedtt+":
         schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
@@ -225,7 +234,8 @@ def main(grid: Grid, context: Context) -> dict:
                   "clients": stats.get("clients", 0), "replies": stats.get("replies", 0),
                   "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
                   "bytes_down": stats.get("bytes_down", 0),
-                  "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0)}
+                  "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
+                  "skipped": stats.get("skipped", False)}
         record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean") if k in stats})
         record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
                        if k != "num-examples"})
@@ -256,7 +266,7 @@ def main(grid: Grid, context: Context) -> dict:
     if start == 1:
         results[0] = evaluate_fn(0, arrays)
     arrays = run_rounds(strategy, grid, arrays, start, cfg.num_server_rounds,
-                        ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round)
+                        ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round, timeout=cfg.round_timeout)
     set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
     save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
     final = results.get(cfg.num_server_rounds)

@@ -90,12 +90,17 @@ class FedTT(Strategy):
     pack : bool
         Send every record as one flat array plus a layout string (:mod:`strategies.packing`): the same
         numbers without Flower's per-array header; clients reply packed in the same order.
+    min_replies : int
+        A round with fewer usable replies (after errors, timeouts and rejections) is skipped: the
+        global adapters stay as they were.
     """
 
-    def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False) -> None:
+    def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
+                 min_replies: int = 1) -> None:
         self.inner = inner if inner is not None else FedAvg()
         self.include = _matcher(include)
         self.pack = pack
+        self.min_replies = min_replies
         self.max_examples = MAX_EXAMPLES
         self.schedule: Schedule = AllSchedule()
         self.sync: Literal["full", "delta"] = "full"
@@ -287,8 +292,11 @@ class FedTT(Strategy):
                     and "metrics" in m.content.metric_records and "dp-epsilon" in m.content["metrics"]]
         if epsilons:  # local DP: what the clients of this round have spent so far
             stats["dp_epsilon_max"], stats["dp_epsilon_mean"] = max(epsilons), float(np.mean(epsilons))
-        if stats["replies"] == 0:
-            log(WARNING, "FedTT: no usable reply in round %s; the global adapters stay as they were", server_round)
+        if stats["replies"] < max(self.min_replies, 1):
+            stats["skipped"] = True
+            log(WARNING, "FedTT: %d usable repl%s in round %s (fewer than min_replies=%d): round skipped, the "
+                "global adapters stay as they were", stats["replies"], "y" if stats["replies"] == 1 else "ies",
+                server_round, self.min_replies)
             return None, None
         trained = set(self._expected)
         for msg in valid:  # canonical order; frozen tensors filled in from the global copy

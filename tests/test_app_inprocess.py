@@ -151,8 +151,16 @@ def test_a_client_that_fails_every_round_leaves_the_others_to_finish(tmp_path, t
     grid = InProcessGrid(flaky, 4, run_config)
     server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     lines = [json.loads(x) for x in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
-    assert [(x["clients"], x["replies"], x["errors"]) for x in lines[1:]] == [(4, 3, 1)] * 3
+    assert [(x["clients"], x["replies"], x["errors"], x["skipped"]) for x in lines[1:]] == [(4, 3, 1, False)] * 3
     assert lines[-1]["accuracy"] is not None
+
+    # demanding all 4 replies: every round is skipped and the adapters stay as initialised
+    strict = {**run_config, "run-name": "strict", "min-replies": 4}
+    server_app(InProcessGrid(flaky, 4, strict),
+               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=strict))
+    lines = [json.loads(x) for x in (tmp_path / "strict" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["skipped"] for x in lines[1:]] == [True] * 3
+    assert [x["accuracy"] for x in lines[1:]] == [lines[0]["accuracy"]] * 3
 
 
 class _CrashInRound(InProcessGrid):
@@ -207,3 +215,26 @@ def test_resume_refuses_changed_settings_and_missing_folders(tmp_path, tiny_mode
         run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, resume=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="not with dp"):
         run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, dp="sigma", resume=str(folder))
+
+
+def test_a_misconfigured_node_replies_with_an_error_and_the_run_goes_on(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """A SuperNode whose node config points at a partition that does not exist fails its task with a
+    message that names the problem; the server logs it, counts it, and trains with the others."""
+    run_config = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "output-dir": str(tmp_path),
+                  "num-server-rounds": 2, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
+                  "run-name": "misconfigured"}
+    raised = []
+
+    def recording(msg, ctx):
+        try:
+            return client_app(msg, ctx)
+        except Exception as exc:
+            raised.append(str(exc))
+            raise
+
+    grid = InProcessGrid(recording, 3, run_config,
+                         node_config=lambda i: {"partition-id": 7 if i == 2 else i, "num-partitions": 3})
+    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    lines = [json.loads(x) for x in (tmp_path / "misconfigured" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["replies"], x["errors"]) for x in lines[1:]] == [(2, 1), (2, 1)]
+    assert raised and all("partition-id 7 is outside 0..2" in r for r in raised)

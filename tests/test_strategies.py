@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import (
     FedAvg,
     FedMedian,
     FedProx,
+    FedTrimmedAvg,
     FedYogi,
 )
 
@@ -153,7 +154,8 @@ def test_full_sync_mode_always_sends_the_frozen_tensors():
     lambda: FedYogi(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0, eta=0.1),
     lambda: FedProx(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0, proximal_mu=0.1),
     lambda: FedMedian(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
-], ids=["fedadam", "fedyogi", "fedprox", "fedmedian"])
+    lambda: FedTrimmedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0, beta=0.34),
+], ids=["fedadam", "fedyogi", "fedprox", "fedmedian", "fedtrimmedavg"])
 @pytest.mark.parametrize("wrapper", [FedTT, FedTTPlus])
 def test_composes_with_flower_strategies(inner, wrapper):
     strategy = wrapper(inner())
@@ -161,7 +163,7 @@ def test_composes_with_flower_strategies(inner, wrapper):
     assert np.array_equal(result.arrays["backbone.embed.weight"].numpy(), initial["backbone.embed.weight"].numpy())
     name = f"{LAYERS[0]}.core_0"
     assert not np.array_equal(result.arrays[name].numpy(), initial[name].numpy())
-    if isinstance(strategy.inner, FedMedian):  # median of +1, +2, +3 per round: exactly +2 each round
+    if isinstance(strategy.inner, FedMedian | FedTrimmedAvg):  # +1, +2, +3 per round; median/trim: +2 a round
         assert np.allclose(result.arrays[name].numpy(), initial[name].numpy() + 6, atol=1e-5)
 
 
@@ -207,20 +209,46 @@ def test_client_side_dp_wrapper_with_fixedclipping_mod():
     assert np.array_equal(result.arrays["backbone.embed.weight"].numpy(), initial["backbone.embed.weight"].numpy())
 
 
-def test_bad_replies_are_rejected_counted_and_never_averaged():
+def _nan(arrays, first):
+    arrays[first] = Array(np.full(arrays[first].shape, np.nan, dtype=np.float32))
+
+
+def _unknown(arrays, first):
+    arrays["backbone.embed.weight"] = Array(np.zeros((10, 4), dtype=np.float32))
+
+
+def _shape(arrays, first):
+    arrays[first] = Array(np.zeros((2, 2), dtype=np.float32))
+
+
+def _dtype(arrays, first):
+    arrays[first] = Array(arrays[first].numpy().astype(np.float64))
+
+
+def _missing(arrays, first):
+    del arrays[first]
+
+
+def _frozen_core(arrays, first):  # FedTT+: a core outside the round's plan (core 2 of 5 is frozen in round 1)
+    arrays[f"{LAYERS[0]}.core_2"] = Array(np.zeros((3, 4, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize(("corrupt", "wrapper", "reason"), [
+    (_nan, FedTT, "NaN or Inf"), (_unknown, FedTT, "unknown"), (_shape, FedTT, "shape/dtype"),
+    (_dtype, FedTT, "float64"), (_missing, FedTT, "missing"), (_frozen_core, FedTTPlus, "core_2"),
+], ids=["nan", "unknown-name", "shape", "dtype", "missing", "fedtt+-frozen-core"])
+def test_bad_replies_are_rejected_counted_and_never_averaged(corrupt, wrapper, reason, caplog):
     def bad_client(msg, ctx):
         reply = numpy_client()(msg, ctx)
-        arrays = reply.content["arrays"]
-        first = next(iter(arrays))
-        if ctx.node_id == 102:
-            arrays[first] = Array(np.full(arrays[first].shape, np.nan, dtype=np.float32))
-        if ctx.node_id == 103:
-            arrays["backbone.embed.weight"] = Array(np.zeros((10, 4), dtype=np.float32))
+        if ctx.node_id != 101:
+            corrupt(reply.content["arrays"], f"{LAYERS[0]}.core_0")
         return reply
 
-    strategy = FedTT(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0))
-    _, initial, result = run(strategy, client=bad_client)
+    strategy = wrapper(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0))
+    with caplog.at_level("WARNING"):
+        _, initial, result = run(strategy, client=bad_client)
     assert strategy.rounds[1]["rejected"] == 2 and strategy.rounds[1]["replies"] == 1
+    assert "node 102" in caplog.text and "node 103" in caplog.text and reason in caplog.text
     name = f"{LAYERS[0]}.core_0"
     assert np.allclose(result.arrays[name].numpy(), initial[name].numpy() + 1.0)  # node 101's update only
     assert np.array_equal(result.arrays["backbone.embed.weight"].numpy(), initial["backbone.embed.weight"].numpy())
