@@ -4,7 +4,9 @@ Every run drives this project's ServerApp and ClientApp in-process (fedtt_flwr.i
 settings except the DP keys; a finished run (its JSON in benchmarks/results/privacy/) is skipped. Writes
 the table of docs/privacy.md.
 
-    .venv/bin/python benchmarks/privacy.py
+    .venv/bin/python benchmarks/privacy.py                 # every variant not yet in results/privacy/
+    .venv/bin/python benchmarks/privacy.py no-dp eps8      # some of them
+    .venv/bin/python benchmarks/privacy.py --report        # only rewrite the table
 """
 
 from __future__ import annotations
@@ -55,18 +57,18 @@ def run(name: str) -> dict:
 
 def table(results: dict) -> str:
     rows = ["| run | target epsilon | spent epsilon after the last round (max / mean over that round's clients) | "
-            "final dev accuracy | best dev accuracy | wall |", "|---|---|---|---|---|---|"]
+            "final dev accuracy | best dev accuracy after round 0 | wall |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         target = r["settings"].get("dp-epsilon", "-")
         spent = f"{r['epsilon_max']:.2f} / {r['epsilon_mean']:.2f}" if r["epsilon_max"] is not None else "-"
         rows.append(f"| {name} | {target} | {spent} | {100 * r['final_accuracy']:.1f} % | "
-                    f"{100 * max(a for _, a in r['curve']):.1f} % | {r['wall_s']:.0f} s |")
+                    f"{100 * max(a for rnd, a in r['curve'] if rnd > 0):.1f} % | {r['wall_s']:.0f} s |")
     return "\n".join(rows)
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    only = sys.argv[1:] or list(VARIANTS)
+    only = [] if sys.argv[1:] == ["--report"] else sys.argv[1:] or list(VARIANTS)
     for name in only:
         path = OUT / f"{name}.json"
         if not path.exists():
