@@ -205,3 +205,19 @@ def test_bf16_backbone_or_autocast_trains_fp32_adapters(tiny_llama_dir, dtype, a
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 and p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
     assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_a_decoder_adapter_file_reloads_into_the_same_scorer(tmp_path, tiny_llama_dir):
+    from fedtt_flwr.checkpoint import load_adapted_model, save_adapter
+
+    model, tok = build_model(RunConfig(model=str(tiny_llama_dir), task="sst2"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in set(model.fedtt_state_names):
+                p.add_(0.01 * torch.randn_like(p))
+    path = save_adapter(model, tmp_path / "adapter.safetensors", task="sst2")
+    loaded, _ = load_adapted_model(path)
+    batch = PromptCollator(tok)([{"input_ids": [1, 3, 4], "label": 0}, {"input_ids": [1, 5], "label": 1}])
+    assert isinstance(loaded, CandidateScorer) and loaded.answers == model.answers
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model.eval()(**batch).logits, atol=1e-6)
