@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import METHODS, RESULTS, Cell, mb_to_target, replace_block, run_federated  # noqa: E402
+from grid import METHODS, RESULTS, Cell, mb_to_target, replace_block, run_federated, save_figure  # noqa: E402
 
 from fedtt_flwr.data import get_task  # noqa: E402
 
@@ -118,7 +118,7 @@ def plots(results: list[dict]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     colors = dict(zip(METHODS, ["C0", "C1", "C2", "C3", "C4", "C5"], strict=True))
-    settings = sorted({k[:3] for k in groups(results)})
+    settings = sorted({k[:3] for k in groups(results) if k[4] == "default"})  # settings with default runs
     written = []
     for task, alpha, rounds in settings:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -136,11 +136,7 @@ def plots(results: list[dict]) -> list[Path]:
         ax.set_title(f"MiniLM {task.upper()}, 10 clients Dir({alpha:g}), {rounds} rounds (one line per seed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = OUT / f"{task}-dir{alpha:g}-r{rounds}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, OUT / f"{task}-dir{alpha:g}-r{rounds}.png"))
     return written
 
 

@@ -305,12 +305,18 @@ def plots(results: dict[str, dict]) -> list[Path]:
                 axes[i][j].grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"MiniLM on {task.upper()}: dev {main} (solid: seed 0, dashed: seed 1)")
-        fig.tight_layout()
-        path = GRID / f"{task}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, GRID / f"{task}.png"))
     return written
+
+
+def save_figure(fig, path: Path) -> Path:
+    """The benchmarks' PNGs: tight layout, 90 dpi, figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def shape_table() -> str:
