@@ -40,7 +40,7 @@ class PrivacyBudgetExceeded(RuntimeError):
 
 @dataclass(frozen=True)
 class DPSettings:
-    """What a client needs for one round of DP-SGD (see :meth:`RunConfig.dp_settings`)."""
+    """What a client needs for one round of DP-SGD (from :func:`settings_for`)."""
 
     noise_multiplier: float
     max_grad_norm: float

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, RecordDict
 
 from .fedtt import PLAN_KEY, SYNC_KEY
-from .packing import LAYOUT_PREFIX, pack, unpack
+from .packing import LAYOUT_PREFIX, pack, parse_layout, unpack
 from .schedules import decode_plan, trainable_names
 
 CACHE_KEY = "fedtt-global"
@@ -34,7 +34,11 @@ def receive_global(content: RecordDict, state: RecordDict | None = None, arrays_
 def round_trainable(content: RecordDict, arrays_key: str = "arrays", config_key: str = "config") -> list[str]:
     """Names this node trains (and sends back) this round: the tensors under ``arrays_key``, checked
     against the round's core plan when one is announced."""
-    names = list(named_arrays(content, arrays_key).keys()) if arrays_key in content else []
+    layout = _layout(content, arrays_key, config_key)
+    if layout is not None:  # packed: the names are in the layout, no need to unpack the values
+        names = [name for name, _ in parse_layout(layout)]
+    else:
+        names = list(content[arrays_key].keys()) if arrays_key in content else []
     config = content.config_records.get(config_key)
     if config is not None and PLAN_KEY in config:
         planned = trainable_names(names, decode_plan(str(config[PLAN_KEY])))
@@ -44,18 +48,21 @@ def round_trainable(content: RecordDict, arrays_key: str = "arrays", config_key:
     return names
 
 
+def _layout(content: RecordDict, key: str, config_key: str) -> str | None:
+    """The layout string of a record the server packed, else None."""
+    config = content.config_records.get(config_key)
+    if config is None or LAYOUT_PREFIX + key not in config:
+        return None
+    return str(config[LAYOUT_PREFIX + key])
+
+
 def named_arrays(content: RecordDict, key: str = "arrays", config_key: str = "config") -> ArrayRecord:
     """A record of the message by tensor name, unpacked when the server packed it."""
-    config = content.config_records.get(config_key)
-    if config is not None and LAYOUT_PREFIX + key in config:
-        return unpack(content[key], str(config[LAYOUT_PREFIX + key]))
-    return content[key]
+    layout = _layout(content, key, config_key)
+    return content[key] if layout is None else unpack(content[key], layout)
 
 
 def reply_arrays(content: RecordDict, trained: ArrayRecord, arrays_key: str = "arrays",
                  config_key: str = "config") -> ArrayRecord:
     """What to send back: ``trained`` (in the order received), packed when the server packed."""
-    config = content.config_records.get(config_key)
-    if config is not None and LAYOUT_PREFIX + arrays_key in config:
-        return pack(trained)[0]
-    return trained
+    return trained if _layout(content, arrays_key, config_key) is None else pack(trained)[0]
