@@ -1,4 +1,5 @@
-"""``fedtt-flwr`` command line: ``params`` (communication report) and ``finetune`` (centralized run)."""
+"""``fedtt-flwr`` command line: ``params`` (communication report), ``finetune`` (centralized run), ``simulate``
+(Ray simulation), ``deploy``/``loopback`` (a real federation with TLS and SuperNode authentication)."""
 
 from __future__ import annotations
 
@@ -54,22 +55,95 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def app_overrides(items: list[str] | None) -> dict:
+    """``--set`` overrides for a ``flwr run``, checked before anything starts, with absolute paths: flwr
+    runs the apps from the SuperLink's folder."""
     from .config import RunConfig
     from .data import default_data_dir
-    from .launch import simulate
 
-    overrides = parse_overrides(args.set or [])
-    # flwr runs the apps from the SuperLink's folder: hand them absolute paths
-    out = Path(overrides.get("output-dir", "runs")).expanduser().resolve()
-    overrides["output-dir"] = str(out)
+    overrides = parse_overrides(items or [])
+    overrides["output-dir"] = str(Path(overrides.get("output-dir", "runs")).expanduser().resolve())
     if not overrides.get("data-dir") and default_data_dir() is not None:
         overrides["data-dir"] = str(default_data_dir().resolve())
     RunConfig.from_flower(overrides)  # fail here, before starting anything, on a bad key or value
+    return overrides
+
+
+def _results_line(overrides: dict) -> None:
+    print(f"[fedtt] results: {overrides['output-dir']}/<run-name>/ (metrics.jsonl, config.json, summary.json, "
+          "adapter.safetensors)")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .launch import simulate
+
+    overrides = app_overrides(args.set)
     code = simulate(num_supernodes=args.num_clients, run_config=overrides, cpus_per_client=args.cpus_per_client,
                     gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home)
-    print(f"[fedtt] results: {out}/<run-name>/ (metrics.jsonl, config.json, summary.json, adapter.safetensors)")
+    _results_line(overrides)
     return code
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from . import deploy
+
+    action = args.action
+    if action == "certs":
+        paths = deploy.make_certificates(args.out, args.host, days=args.days, overwrite=args.overwrite,
+                                         renew_server=args.renew_server)
+        print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+        print("[fedtt] ca.crt goes to every SuperNode and CLI user; server.pem/server.key to the SuperLink only; "
+              "keep ca.key offline")
+        return 0
+    if action == "node-key":
+        private, public = deploy.make_node_key(args.out, args.name, overwrite=args.overwrite)
+        print(f"private: {private} (stays on the SuperNode)\npublic: {public} (register it on the SuperLink)")
+        return 0
+    if action in ("superlink", "supernode"):
+        if action == "superlink":
+            cmd = deploy.superlink_command(args.certs, args.state, args.port, host=args.host, auth=not args.no_auth,
+                                           exe=deploy._bin("flower-superlink"))
+            home = Path(args.state)
+        else:
+            cmd = deploy.supernode_command(args.superlink, args.ca, args.key,
+                                           deploy.node_config(args.data_dir, args.partition_id, args.num_partitions),
+                                           args.port, exe=deploy._bin("flower-supernode"))
+            home = Path(args.flwr_home)
+        print(shlex.join(cmd), flush=True)
+        if args.print_only:
+            return 0
+        home.mkdir(parents=True, exist_ok=True)
+        os.execvpe(cmd[0], cmd, deploy.flwr_env(home))  # replaces this process: systemd sees Flower's own
+    env = deploy.flwr_env(deploy.write_cli_home(args.flwr_home, "fedtt-deploy", args.superlink, args.ca))
+    if action == "register":
+        for key in args.public_keys:
+            print(f"{key}: node {deploy.register_node(key, env, 'fedtt-deploy')}")
+        return 0
+    if action == "run":
+        overrides = app_overrides(args.set)
+        status = deploy.run_app(overrides, env, "fedtt-deploy", timeout=args.timeout)
+        _results_line(overrides)
+        return 0 if status == "finished:completed" else 1
+    raise ValueError(f"unknown deploy action {action!r}")
+
+
+def _loopback(args: argparse.Namespace) -> int:
+    import json as _json
+    import tempfile
+
+    from . import deploy
+
+    overrides = app_overrides(args.set)
+    overrides.setdefault("min-clients", args.nodes)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedtt-deploy-"))
+    nodes = [deploy.node_config(overrides["data-dir"], i, args.nodes) for i in range(args.nodes)]
+    result = deploy.loopback(work, overrides, nodes, timeout=args.timeout)
+    print(_json.dumps(result, indent=2))
+    _results_line(overrides)
+    return 0 if result["status"] == "finished:completed" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +200,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="run-config override (repeatable), e.g. --set method=fedtt+ --set num-server-rounds=20")
     s.set_defaults(func=_simulate)
+
+    d = sub.add_parser("deploy", help="a real federation: certificates, keys, SuperLink, SuperNodes, runs "
+                                      "(docs/deployment.md)")
+    dsub = d.add_subparsers(dest="action", required=True)
+    c = dsub.add_parser("certs", help="a CA and the SuperLink's TLS certificate for its host names/IPs")
+    c.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
+    c.add_argument("--host", action="append", required=True, help="a name or IP SuperNodes dial (repeatable)")
+    c.add_argument("--days", type=int, default=365)
+    c.add_argument("--overwrite", action="store_true", help="a new CA too: every node needs the new ca.crt")
+    c.add_argument("--renew-server", action="store_true", help="a new server certificate signed by the existing CA")
+    k = dsub.add_parser("node-key", help="a SuperNode's authentication key pair (EC P-384, OpenSSH format)")
+    k.add_argument("--out", required=True)
+    k.add_argument("--name", required=True, help="file name of the private key; the public one gets .pub")
+    k.add_argument("--overwrite", action="store_true")
+    sl = dsub.add_parser("superlink", help="start the SuperLink with TLS and SuperNode authentication")
+    sl.add_argument("--certs", required=True, help="the folder written by `deploy certs`")
+    sl.add_argument("--state", required=True, help="folder for the SuperLink's state database and FLWR_HOME")
+    sl.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    sl.add_argument("--port", type=int, default=9200, help="the one HTTPS port of SuperNodes, CLI and ServerApp")
+    sl.add_argument("--no-auth", action="store_true", help="TLS only: let any SuperNode in (not recommended)")
+    sn = dsub.add_parser("supernode", help="start a SuperNode with its own data")
+    sn.add_argument("--data-dir", help="this node's task folder (GLUE layout); never leaves the machine")
+    sn.add_argument("--partition-id", type=int, help="train on this partition of --data-dir (shared folders)")
+    sn.add_argument("--num-partitions", type=int)
+    sn.add_argument("--key", required=True, help="this node's private key (`deploy node-key`)")
+    sn.add_argument("--port", type=int, default=9094, help="its local ClientApp API port (one per node on a host)")
+    sn.add_argument("--flwr-home", default=str(Path.home() / ".fedtt-flwr" / "supernode"))
+    for p_ in (sl, sn):
+        p_.add_argument("--print-only", action="store_true", help="print the Flower command (e.g. for a systemd "
+                                                                  "unit) instead of running it")
+    r = dsub.add_parser("register", help="allow SuperNodes in: register their public keys on the SuperLink")
+    r.add_argument("public_keys", nargs="+")
+    ru = dsub.add_parser("run", help="run the app on the SuperLink and wait for its final status")
+    ru.add_argument("--set", action="append", metavar="KEY=VALUE", help="run-config override (repeatable)")
+    ru.add_argument("--timeout", type=float, default=24 * 3600)
+    for p_ in (sn, r, ru):
+        p_.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+        p_.add_argument("--ca", required=True, help="ca.crt from `deploy certs`")
+    for p_ in (r, ru):
+        p_.add_argument("--flwr-home", default=str(Path.home() / ".fedtt-flwr" / "cli"),
+                        help="the CLI's FLWR_HOME (its connection to the SuperLink is written there)")
+    d.set_defaults(func=_deploy)
+
+    lb = sub.add_parser("loopback", help="the whole secure deployment on this machine: TLS, registered "
+                                         "SuperNodes on partitions of data-dir, an unregistered one refused, a run")
+    lb.add_argument("--nodes", type=int, default=2)
+    lb.add_argument("--work-dir", help="certificates, keys, logs (default: a temporary folder)")
+    lb.add_argument("--timeout", type=float, default=6 * 3600)
+    lb.add_argument("--set", action="append", metavar="KEY=VALUE", help="run-config override (repeatable)")
+    lb.set_defaults(func=_loopback)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def _partitioner(task: str, data_dir: str, split: str, spec: PartitionSpec):
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str) -> Dataset:
     """This client's tokenized share: its partition of train (by the run's partitioning) or its IID
     shard of dev (for federated evaluation). Cached per process."""
-    if split == "train":
+    if split == "train" and num_partitions > 1:
         spec = PartitionSpec(cfg.partition, num_partitions, cfg.alpha, cfg.classes_per_client, cfg.seed)
     else:
         spec = PartitionSpec("iid", num_partitions, seed=cfg.seed)
@@ -88,18 +89,29 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     return tokenize(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 
-def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
-    """``(partition-id, num-partitions)`` from the node config (simulation sets both; a deployed
-    SuperNode gets them from ``--node-config``), with the run config's ``num-partitions`` as fallback."""
-    nc = context.node_config
+def node_partition(context: Context) -> tuple[RunConfig, int, int]:
+    """This node's run config and data: ``(config, partition-id, num-partitions)``.
+
+    The node config decides (simulation sets ``partition-id``/``num-partitions``; a deployed SuperNode gets
+    ``--node-config``): ``data-dir`` points at the node's own task folder (it replaces the run config's,
+    so private data never needs to be known to the server), and without a ``partition-id`` the whole of
+    that folder is this node's data; with one, the node trains on that partition of it."""
+    nc, run_config = context.node_config, dict(context.run_config)
+    if "data-dir" in nc:
+        if not Path(str(nc["data-dir"])).is_dir():
+            raise ValueError(f"node config 'data-dir': folder {nc['data-dir']!r} does not exist on this node")
+        run_config["data-dir"] = str(nc["data-dir"])
+    cfg = RunConfig.from_flower(run_config)
     if "partition-id" not in nc:
-        raise ValueError("this node has no 'partition-id' in its node config (SuperNode --node-config "
-                         "\"partition-id=0 num-partitions=N\")")
+        if "data-dir" in nc:
+            return cfg, 0, 1
+        raise ValueError("this node has no data: give the SuperNode --node-config 'data-dir=\"/its/task/folder\"' "
+                         "(its own data) or 'partition-id=0 num-partitions=N' (a partition of a shared folder)")
     num = int(nc.get("num-partitions", cfg.num_partitions))
     if num < 1:
         raise ValueError("the number of partitions is unknown: set 'num-partitions' in the node config "
                          "or the run config")
-    return int(nc["partition-id"]), num
+    return cfg, int(nc["partition-id"]), num
 
 
 def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Session) -> None:
@@ -110,8 +122,7 @@ def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Sess
 
 def train(msg: Message, context: Context) -> Message:
     """Train the round's tensors for ``local-steps`` AdamW steps; reply with exactly those tensors."""
-    cfg = RunConfig.from_flower(context.run_config)
-    pid, num = node_partition(context, cfg)
+    cfg, pid, num = node_partition(context)
     sess = session(cfg)
     data = client_data(cfg, pid, num, "train")
     if len(data) == 0:
@@ -150,8 +161,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global adapters on this client's shard of the dev set."""
-    cfg = RunConfig.from_flower(context.run_config)
-    pid, num = node_partition(context, cfg)
+    cfg, pid, num = node_partition(context)
     sess = session(cfg)
     _load_round_state(msg, context, cfg, sess)
     data = client_data(cfg, pid, num, "dev")

@@ -85,6 +85,20 @@ def _run_status(env: dict, connection: str) -> str | None:
     return runs[-1].get("status") if runs else None
 
 
+def wait_for_run(env: dict, connection: str, started: float, timeout: float) -> str | None:
+    """Poll the newest run's status on ``connection`` until it is ``finished:*``; return that status."""
+    status, delay = None, 1.0
+    while time.monotonic() - started < timeout:
+        status = _run_status(env, connection)
+        if status and status.startswith("finished"):
+            break
+        # each `flwr ls` is a Python start-up (~1 CPU-second): back off so polling does not eat a core
+        time.sleep(delay)
+        delay = min(delay * 1.5, 15.0)
+    print(f"[fedtt] run status: {status} ({time.monotonic() - started:.0f}s)", flush=True)
+    return status
+
+
 def _process_groups_under(pid: int) -> set[int]:
     """Process groups of ``pid`` and all its descendants. The SuperLink's superexec starts the
     simulation in a session of its own, so killing the SuperLink's group alone leaves Ray running."""
@@ -179,16 +193,8 @@ def simulate(
             run_cmd += ["--run-config", format_overrides(run_config)]
         started = time.monotonic()
         subprocess.run(run_cmd, env=env, check=False, timeout=timeout)
-        status, delay = None, 1.0
-        while time.monotonic() - started < timeout:
-            status = _run_status(env, connection)
-            if status and status.startswith("finished"):
-                break
-            # each `flwr ls` is a Python start-up (~1 CPU-second): back off so polling does not eat a core
-            time.sleep(delay)
-            delay = min(delay * 1.5, 15.0)
+        status = wait_for_run(env, connection, started, timeout)
         ok = status == "finished:completed"
-        print(f"[fedtt] run status: {status} ({time.monotonic() - started:.0f}s)", flush=True)
         if not ok:
             print(f"[fedtt] the run did not complete; SuperLink log: {log_file}", file=sys.stderr, flush=True)
     except BaseException:

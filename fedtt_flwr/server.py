@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets.utils.logging import disable_progress_bar
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Strategy,
 )
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from strategies import FedAlternating, FedTT, FedTTPlus, make_schedule
 
@@ -142,6 +143,12 @@ class MetricsLog:
             (self.total_up + self.total_down) / 1e6, record["elapsed_s"])
 
 
+def wire_bytes(message: Message) -> int:
+    """Bytes of a message as Flower transmits it: the serialized objects it is split into for transport
+    (message, records, arrays, array chunks; identical objects within a message travel once)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
 def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num_rounds: int,
                train_config: ConfigRecord, after_round: Callable[[int, ArrayRecord], None],
                timeout: float = 3600) -> ArrayRecord:
@@ -149,8 +156,11 @@ def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num
     ``after_round``: what Flower's ``Strategy.start`` does, from any round, so a run can resume."""
     for server_round in range(start, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
-        replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid), timeout=timeout)
+        sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid))
+        replies = list(grid.send_and_receive(sent, timeout=timeout))
+        # what Flower itself puts on the wire for these messages, next to the strategy's count of tensor bytes
+        strategy.rounds.setdefault(server_round, {}).update(
+            wire_bytes_down=sum(map(wire_bytes, sent)), wire_bytes_up=sum(map(wire_bytes, replies)))
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = aggregated
@@ -211,7 +221,8 @@ def main(grid: Grid, context: Context) -> dict:
     strategy = build_strategy(cfg, list(state))
 
     out = run_folder(cfg)
-    _, dev, note = load_task(cfg.task, cfg.data_dir or None)
+    # the server needs data only for its own dev evaluation: in a deployment it may have none
+    dev, note = load_task(cfg.task, cfg.data_dir or None)[1:] if cfg.central_eval else (None, None)
     if note:
         log(INFO, "[fedtt] %s", note)
     (out / "config.json").write_text(json.dumps({
@@ -222,8 +233,8 @@ def main(grid: Grid, context: Context) -> dict:
         "inner": type(strategy.inner).__name__,
     }, indent=2))
     prompts = prompt_task(cfg)
-    dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer, cfg.eval_batch_size,
-                             False, prompt_task=prompts)
+    dev_loader = None if dev is None else make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer,
+                                                      cfg.eval_batch_size, False, prompt_task=prompts)
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()), out)
@@ -235,7 +246,8 @@ def main(grid: Grid, context: Context) -> dict:
                   "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
                   "bytes_down": stats.get("bytes_down", 0),
                   "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
-                  "skipped": stats.get("skipped", False)}
+                  "skipped": stats.get("skipped", False),
+                  "wire_bytes_up": stats.get("wire_bytes_up", 0), "wire_bytes_down": stats.get("wire_bytes_down", 0)}
         record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean") if k in stats})
         record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
                        if k != "num-examples"})
