@@ -26,7 +26,7 @@ from .data import PartitionSpec, check_partition_id, load_task, make_partitioner
 from .methods import build_model, prompt_task
 from .models import pick_device
 from .privacy import check_budget, dp_train_steps, load_history, save_history, settings_for
-from .train import cycle, make_loader, tokenize, train_steps
+from .train import cycle, make_loader, make_optimizer, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
 disable_progress_bar()  # one bar per client and round drowns the run log
@@ -121,7 +121,7 @@ def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Sess
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Train the round's tensors for ``local-steps`` AdamW steps; reply with exactly those tensors."""
+    """Train the round's tensors for ``local-steps`` optimizer steps; reply with exactly those tensors."""
     cfg, pid, num = node_partition(context)
     sess = session(cfg)
     data = client_data(cfg, pid, num, "train")
@@ -137,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
     torch.manual_seed(seed)
     loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed, prompt_task=prompt_task(cfg))
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(trainable, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     extra = {}
     dp = settings_for(cfg, len(data))
     if dp is None:

@@ -122,6 +122,8 @@ class RunConfig(BaseModel):
     local_steps: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' local optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer = sgd)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     device: str = "auto"

@@ -59,6 +59,17 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """The local optimizer: AdamW, or SGD with momentum. Under DP-SGD the noise reaches every coordinate,
+    and Adam's per-coordinate normalisation turns pure noise into full-size steps; SGD scales it by lr."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
+
+
 def cycle(loader: DataLoader) -> Iterator[dict]:
     """Endless batches: local training counts optimizer steps, not epochs."""
     return itertools.chain.from_iterable(itertools.repeat(loader))

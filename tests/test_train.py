@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import tiny_model
 from datasets import Dataset
@@ -66,3 +67,20 @@ def test_nonfinite_loss_stops_with_a_clear_error():
         assert "lower the learning rate" in str(exc)
     else:
         raise AssertionError("a NaN loss must stop training")
+
+
+def test_make_optimizer_builds_adamw_or_sgd_with_momentum():
+    import torch
+
+    from fedtt_flwr.train import make_optimizer
+
+    p = [torch.nn.Parameter(torch.ones(3))]
+    adam = make_optimizer(p, "adamw", 1e-3, weight_decay=0.1)
+    assert isinstance(adam, torch.optim.AdamW) and adam.defaults["weight_decay"] == 0.1
+    sgd = make_optimizer(p, "sgd", 0.5, momentum=0.8)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
+    p[0].grad = torch.ones(3)
+    sgd.step()
+    assert torch.allclose(p[0].detach(), torch.full((3,), 0.5))  # first step: lr * grad
+    with pytest.raises(ValueError, match="adamw or sgd"):
+        make_optimizer(p, "lion", 1e-3)
