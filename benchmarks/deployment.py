@@ -25,7 +25,8 @@ from fedtt_flwr.deploy import loopback, node_config  # noqa: E402
 DOC = RESULTS.parents[1] / "docs" / "deployment.md"
 NODES = 2
 RUN = {"model": "minilm", "task": "sst2", "method": "fedtt", "num-server-rounds": 3, "local-steps": 10,
-       "batch-size": 16, "max-length": 64, "min-clients": NODES, "central-eval": True, "run-name": "deployment"}
+       "batch-size": 16, "max-length": 64, "min-clients": NODES, "central-eval": True, "run-name": "deployment",
+       "pack-arrays": False}  # as measured; packed sizes: benchmarks/wire_bytes.py
 COMMAND = ".venv/bin/python benchmarks/deployment.py"
 
 
@@ -47,8 +48,9 @@ def table(r: dict) -> str:
     lb = r["loopback"]
     rows = [f"`{r['command']}` (MiniLM, SST-2, {NODES} SuperNodes on partitions of Dirichlet(0.5), FedTT rank 5, "
             f"{r['settings']['local-steps']} local steps of {r['settings']['batch-size']}, max length "
-            f"{r['settings']['max-length']}, central dev evaluation on the server; 2 CPU cores shared by the "
-            "SuperLink, the ServerApp and both SuperNodes): run status `" + str(lb["status"]) + "`; the "
+            f"{r['settings']['max-length']}, pack-arrays {str(r['settings'].get('pack-arrays')).lower()}, central dev "
+            "evaluation on the server; 2 CPU cores shared by the SuperLink, the ServerApp, both SuperNodes and "
+            "one other benchmark process): run status `" + str(lb["status"]) + "`; the "
             f"unregistered SuperNode exited with code {lb['unregistered_exit_code']} (refused) and "
             f"{lb['online_after_unregistered']} nodes stayed online; SuperLink ready in {lb['superlink_ready_s']} s, "
             f"nodes online after {lb['nodes_online_s']} s, the run took {lb['run_s']} s.", "",

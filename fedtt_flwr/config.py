@@ -96,7 +96,7 @@ class RunConfig(BaseModel):
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
     schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
     sync: Literal["delta", "full"] = "delta"
-    pack_arrays: bool = Field(False, description="send each message's tensors as one flat array (no per-tensor "
+    pack_arrays: bool = Field(True, description="send each message's tensors as one flat array (no per-tensor "
                                                  "header): same numbers, fewer bytes")
     lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
