@@ -12,6 +12,7 @@ from fedtt_flwr import client as client_module
 from fedtt_flwr.checkpoint import read_adapter
 from fedtt_flwr.inprocess import InProcessGrid
 from server_app.app import app as server_app
+from strategies import named_arrays
 
 
 def run_app(tmp_path, model_dir, data_dir, nodes=3, **overrides):
@@ -39,16 +40,18 @@ def test_fedtt_run_writes_the_run_folder(tmp_path, tiny_model_dir, tiny_sst2_dir
     state, adapter_cfg, _ = read_adapter(folder / "adapter.safetensors")
     assert len(state) == config["travelling_tensors"]
     # only adapter tensors and the head ever travel
-    for msg in grid.sent:
-        for rec in msg.content.array_records.values():
-            assert all(".adapter." in n or n.startswith("classifier.") for n in rec)
+    for msg in grid.sent:  # packed by default: read the names through the layout
+        assert "packed" in msg.content["arrays"]
+        for key in msg.content.array_records:
+            assert all(".adapter." in n or n.startswith("classifier.") for n in named_arrays(msg.content, key))
     # one backbone per process, however many clients it served
     assert client_module._session.cache_info().currsize == 1
 
 
 def test_fedtt_plus_run_sends_less_and_trains(tmp_path, tiny_model_dir, tiny_sst2_dir):
-    _, _, plain = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir)
-    grid, folder, plus = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, method="fedtt+")
+    unpacked = {"pack-arrays": False}  # per-tensor bytes; with packing, each record adds a layout string
+    _, _, plain = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir, **unpacked)
+    grid, folder, plus = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, method="fedtt+", **unpacked)
     assert plus[1]["schedule"] == "4:0,1,3" and plus[2]["schedule"] == "4:0,2,3"  # hidden 32: 4 cores
     assert plus[1]["bytes_up"] < plain[1]["bytes_up"]
     assert plus[2]["bytes_down"] <= plain[2]["bytes_down"]
