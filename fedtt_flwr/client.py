@@ -7,6 +7,7 @@ adapter state is swapped in for every message, whichever client (partition) the 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def train(msg: Message, context: Context) -> Message:
     loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed, prompt_task=prompt_task(cfg))
     optimizer = make_optimizer(trainable, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     extra = {}
+    started = time.perf_counter()
     dp = settings_for(cfg, len(data))
     if dp is None:
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
@@ -152,6 +154,7 @@ def train(msg: Message, context: Context) -> Message:
         stats = dp_train_steps(sess.model, loader, optimizer, cfg.local_steps, sess.device, settings, seed)
         save_history(context.state, [*history, step])
         extra = {"dp-epsilon": epsilon, "dp-noise-multiplier": settings.noise_multiplier}
+    extra["train-seconds"] = time.perf_counter() - started
     state = get_adapter_state(sess.model)
     arrays = reply_arrays(msg.content, ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names}))
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(data),

@@ -156,17 +156,21 @@ def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num
     ``after_round``: what Flower's ``Strategy.start`` does, from any round, so a run can resume."""
     for server_round in range(start, num_rounds + 1):
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
+        round_started = time.perf_counter()
         sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid))
         replies = list(grid.send_and_receive(sent, timeout=timeout))
         # what Flower itself puts on the wire for these messages, next to the strategy's count of tensor bytes
         strategy.rounds.setdefault(server_round, {}).update(
             wire_bytes_down=sum(map(wire_bytes, sent)), wire_bytes_up=sum(map(wire_bytes, replies)))
+        started = time.perf_counter()
         aggregated, _ = strategy.aggregate_train(server_round, replies)
+        strategy.rounds[server_round]["aggregate_s"] = time.perf_counter() - started
         if aggregated is not None:
             arrays = aggregated
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         if messages:
             strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+        strategy.rounds[server_round]["round_s"] = time.perf_counter() - round_started  # without after_round
         after_round(server_round, arrays)
     return arrays
 
@@ -248,7 +252,8 @@ def main(grid: Grid, context: Context) -> dict:
                   "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
                   "skipped": stats.get("skipped", False),
                   "wire_bytes_up": stats.get("wire_bytes_up", 0), "wire_bytes_down": stats.get("wire_bytes_down", 0)}
-        record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean") if k in stats})
+        record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean", "round_s", "aggregate_s",
+                                             "client_train_s_sum", "client_train_s_max") if k in stats})
         record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
                        if k != "num-examples"})
         central = None

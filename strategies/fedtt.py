@@ -77,6 +77,12 @@ def _subset(arrays: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
     return ArrayRecord({n: arrays[n] for n in names})
 
 
+def _reply_metric(replies: list[Message], key: str) -> list[float]:
+    """``key`` of every successful reply's metrics that has it."""
+    return [float(m.content["metrics"][key]) for m in replies if not m.has_error()
+            and "metrics" in m.content.metric_records and key in m.content["metrics"]]
+
+
 class FedTT(Strategy):
     """Exchange and aggregate only the adapter tensors; ``inner`` does the averaging.
 
@@ -288,10 +294,12 @@ class FedTT(Strategy):
         self._mark_synced(replies)
         stats["replies"] = sum(not m.has_error() for m in valid)
         stats["errors"] = sum(m.has_error() for m in replies)
-        epsilons = [float(m.content["metrics"]["dp-epsilon"]) for m in valid if not m.has_error()
-                    and "metrics" in m.content.metric_records and "dp-epsilon" in m.content["metrics"]]
+        epsilons = _reply_metric(valid, "dp-epsilon")
         if epsilons:  # local DP: what the clients of this round have spent so far
             stats["dp_epsilon_max"], stats["dp_epsilon_mean"] = max(epsilons), float(np.mean(epsilons))
+        seconds = _reply_metric(valid, "train-seconds")
+        if seconds:  # where a round's time goes: local training vs everything else
+            stats["client_train_s_sum"], stats["client_train_s_max"] = float(sum(seconds)), max(seconds)
         if stats["replies"] < max(self.min_replies, 1):
             stats["skipped"] = True
             log(WARNING, "FedTT: %d usable repl%s in round %s (fewer than min_replies=%d): round skipped, the "

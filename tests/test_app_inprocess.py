@@ -35,6 +35,8 @@ def test_fedtt_run_writes_the_run_folder(tmp_path, tiny_model_dir, tiny_sst2_dir
         assert x["clients"] == 3 and x["replies"] == 3 and x["bytes_up"] > 0 and x["bytes_down"] > 0
         assert 0 <= x["accuracy"] <= 1 and x["train_loss"] > 0 and "fed_accuracy" in x
     assert lines[2]["total_bytes_up"] == lines[1]["bytes_up"] + lines[2]["bytes_up"]
+    for x in lines[1:]:  # in-process clients run one after another: the round holds all their training
+        assert x["round_s"] >= x["client_train_s_sum"] >= x["client_train_s_max"] > 0 and x["aggregate_s"] > 0
     config = json.loads((folder / "config.json").read_text())
     assert config["run_config"]["rank"] == 5 and config["travelling_tensors"] > 0
     state, adapter_cfg, _ = read_adapter(folder / "adapter.safetensors")
