@@ -25,7 +25,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
-    FedAvg,
     FedAvgM,
     FedMedian,
     FedProx,
@@ -35,7 +34,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from strategies import FedAlternating, FedTT, FedTTPlus, make_schedule
+from strategies import FastFedAvg, FedAlternating, FedTT, FedTTPlus, make_schedule
 
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
@@ -55,7 +54,7 @@ def inner_strategy(cfg: RunConfig) -> Strategy:
                   min_available_nodes=cfg.min_clients)
     opt = cfg.server_opt
     if opt == "fedavg":
-        return FedAvg(**common)
+        return FastFedAvg(**common)  # FedAvg's arithmetic, bit for bit, without np.load per array
     if opt == "fedavgm":
         return FedAvgM(**common, server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum)
     if opt == "fedprox":

@@ -1,7 +1,8 @@
 """Flower strategies for tensor-train adapters (numpy and Flower only; no torch)."""
 
+from .fedavg import FastFedAvg, weighted_average
 from .fedtt import DEFAULT_INCLUDE, PLAN_KEY, SYNC_KEY, FedAlternating, FedTT, FedTTPlus, record_bytes
-from .packing import pack, unpack
+from .packing import as_numpy, pack, unpack
 from .protocol import CACHE_KEY, named_arrays, receive_global, reply_arrays, round_trainable
 from .schedules import (
     AllSchedule,
@@ -21,6 +22,7 @@ __all__ = [
     "PLAN_KEY",
     "SYNC_KEY",
     "AllSchedule",
+    "FastFedAvg",
     "CyclicSchedule",
     "FedAlternating",
     "FedTT",
@@ -28,6 +30,7 @@ __all__ = [
     "FixedSchedule",
     "RandomSchedule",
     "Schedule",
+    "as_numpy",
     "decode_plan",
     "encode_plan",
     "make_schedule",
@@ -38,5 +41,6 @@ __all__ = [
     "record_bytes",
     "reply_arrays",
     "trainable_names",
+    "weighted_average",
     "unpack",
 ]

@@ -1,7 +1,7 @@
 """FedTT and FedTT+ as Flower strategies that wrap any strategy doing the averaging.
 
 ``FedTT(inner)`` keeps the full global ArrayRecord on the server, sends only the adapter tensors (TT
-cores, adapter biases, head), lets ``inner`` (FedAvg by default; FedAdam, FedProx, FedMedian, a DP
+cores, adapter biases, head), lets ``inner`` (FastFedAvg, i.e. FedAvg, by default; FedAdam, FedProx, FedMedian, a DP
 wrapper, ...) aggregate exactly those, and merges the result back. ``FedTTPlus`` adds the FedTT+
 freezing schedule: per round only some cores of every TT layer train and travel up; the rest stay
 bit-identical on the server.
@@ -29,9 +29,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
-from .packing import LAYOUT_PREFIX, pack, unpack
+from .fedavg import FastFedAvg
+from .packing import LAYOUT_PREFIX, PACKED, as_numpy, pack, unpack
 from .schedules import (
     AllSchedule,
     Schedule,
@@ -89,7 +90,8 @@ class FedTT(Strategy):
     Parameters
     ----------
     inner : Strategy, optional
-        The strategy that aggregates (default ``FedAvg()``). It only ever sees the travelling tensors.
+        The strategy that aggregates (default ``FastFedAvg()``: FedAvg, faster). It only ever sees the
+        travelling tensors.
     include : regex, predicate or list of names, optional
         Which tensors of the global ArrayRecord travel (default: :data:`DEFAULT_INCLUDE`). Everything
         else stays on the server, unchanged.
@@ -103,7 +105,7 @@ class FedTT(Strategy):
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
                  min_replies: int = 1) -> None:
-        self.inner = inner if inner is not None else FedAvg()
+        self.inner = inner if inner is not None else FastFedAvg()
         self.include = _matcher(include)
         self.pack = pack
         self.min_replies = min_replies
@@ -214,6 +216,28 @@ class FedTT(Strategy):
             return f"packed reply: {exc}"
         return None
 
+    def _packed_spec(self) -> tuple[int, set[str]]:
+        """``(values, dtypes)`` a packed reply of this round must have."""
+        return (sum(int(np.prod(self._global[n].shape)) for n in self._expected),
+                {self._global[n].dtype for n in self._expected})
+
+    def _packed_problem(self, msg: Message, spec: tuple[int, set[str]]) -> str | None:
+        """Why a packed reply cannot be averaged as it is (None if it can): the flat array must hold the
+        round's tensors (in the order sent), in their dtype, all finite."""
+        rec = msg.content.array_records.get(self.arrays_key)
+        if rec is None:
+            return f"no ArrayRecord '{self.arrays_key}'"
+        if list(rec.keys()) != [PACKED]:
+            return f"packed reply: expected one array named {PACKED!r}, got {list(rec.keys())[:3]}"
+        flat, (want, dtypes) = as_numpy(rec[PACKED]), spec
+        if flat.ndim != 1 or flat.size != want:
+            return f"packed reply: packed array has {flat.size} values, the layout needs {want}"
+        if {str(flat.dtype)} != dtypes:
+            return f"packed reply: dtype {flat.dtype}, expected {sorted(dtypes)}"
+        if not np.isfinite(flat).all():
+            return "packed reply: contains NaN or Inf"
+        return self._weight_problem(msg)
+
     def _mark_synced(self, replies: list[Message]) -> None:
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -236,7 +260,7 @@ class FedTT(Strategy):
             arr, ref = rec[name], self._global[name]
             if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
                 return f"{name}: shape/dtype {tuple(arr.shape)}/{arr.dtype}, expected {tuple(ref.shape)}/{ref.dtype}"
-            if not np.isfinite(arr.numpy()).all():
+            if not np.isfinite(as_numpy(arr)).all():
                 return f"{name}: contains NaN or Inf"
         return self._weight_problem(msg)
 
@@ -278,13 +302,21 @@ class FedTT(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         stats = self._round(server_round)
+        # FastFedAvg averages whatever it gets, key by key: packed replies can be averaged as they are (one
+        # flat array each, unpacked once afterwards), and frozen tensors need not be filled in
+        fast = type(self.inner) is FastFedAvg
+        flat = fast and self.pack
+        spec = self._packed_spec() if flat else None
         valid = []
         for msg in replies:
             if msg.has_error():
                 valid.append(msg)  # the inner strategy logs and drops error replies itself
                 continue
             stats["bytes_up"] += record_bytes(msg.content)
-            reason = (self._unpack_reply(msg) if self.pack else None) or self._reject_reason(msg)
+            if flat:
+                reason = self._packed_problem(msg, spec)
+            else:
+                reason = (self._unpack_reply(msg) if self.pack else None) or self._reject_reason(msg)
             if reason is None:
                 valid.append(msg)
             else:
@@ -307,7 +339,7 @@ class FedTT(Strategy):
                 server_round, self.min_replies)
             return None, None
         trained = set(self._expected)
-        for msg in valid:  # canonical order; frozen tensors filled in from the global copy
+        for msg in ([] if fast else valid):  # canonical order; frozen tensors filled in from the global copy
             if not msg.has_error():
                 rec = msg.content[self.arrays_key]
                 msg.content[self.arrays_key] = ArrayRecord(
@@ -316,6 +348,8 @@ class FedTT(Strategy):
         stats["train_metrics"] = dict(metrics) if metrics else {}
         if agg is None:
             return None, metrics
+        if flat:
+            agg = unpack(agg, [(n, tuple(self._global[n].shape)) for n in self._expected])
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
         merged = ArrayRecord({n: (agg[n] if n in trained and n in agg else a) for n, a in self._global.items()})
         for n in trained:

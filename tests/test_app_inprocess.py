@@ -28,6 +28,7 @@ def run_app(tmp_path, model_dir, data_dir, nodes=3, **overrides):
 
 
 def test_fedtt_run_writes_the_run_folder(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    client_module._session.cache_clear()  # earlier tests may have left other models in this process
     grid, folder, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{"fraction-evaluate": 1.0})
     assert [x["round"] for x in lines] == [0, 1, 2]
     assert lines[0]["bytes_up"] == 0 and "accuracy" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
@@ -320,3 +321,57 @@ def test_the_plug_in_example_runs_and_keeps_the_body_at_home():
     assert not np.array_equal(final["classifier.weight"].numpy(), initial["classifier.weight"].numpy())
     for msg in grid.sent:
         assert all(not n.startswith("body.") for rec in msg.content.array_records.values() for n in rec)
+
+
+def noisy_client(msg: Message, context) -> Message:
+    """Adds node- and round-seeded noise to the round's tensors; replies packed when the server packed."""
+    from strategies import reply_arrays
+
+    received = receive_global(msg.content, context.state)
+    rnd = int(msg.content["config"]["server-round"])
+    rng = np.random.default_rng(1000 * rnd + context.node_id)
+    out = ArrayRecord({n: Array(received[n].numpy() + rng.standard_normal(received[n].shape).astype(np.float32))
+                       for n in round_trainable(msg.content)})
+    metrics = MetricRecord({"train-loss": 0.5, "num-examples": int(rng.integers(5, 50))})
+    return Message(RecordDict({"arrays": reply_arrays(msg.content, out), "metrics": metrics}), reply_to=msg)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_fast_fedavg_and_flat_packed_aggregation_are_bit_identical_to_flowers_fedavg(plus):
+    from strategies import FastFedAvg
+
+    def strategy(inner_cls, pack):
+        inner = inner_cls(min_train_nodes=4, min_available_nodes=4, fraction_evaluate=0.0)
+        return FedTTPlus(inner, pack=pack) if plus else FedTT(inner, pack=pack)
+
+    results = {}
+    for name, s in {"flower": strategy(FedAvg, False), "fast": strategy(FastFedAvg, False),
+                    "fast packed (flat)": strategy(FastFedAvg, True)}.items():
+        random.seed(0)  # Flower samples (and so orders) the nodes with `random`: the sum's order matters
+        _, initial, result = run(s, rounds=3, nodes=4, client=noisy_client)
+        results[name] = result.arrays
+        assert all(s.rounds[r]["replies"] == 4 and s.rounds[r]["rejected"] == 0 for r in (1, 2, 3))
+    ref = results["flower"]
+    moved = [n for n in ref if not np.array_equal(ref[n].numpy(), initial[n].numpy())]
+    assert len(moved) > 10  # training happened
+    for name, arrays in results.items():
+        assert list(arrays.keys()) == list(ref.keys())
+        assert all(np.array_equal(arrays[n].numpy(), ref[n].numpy()) for n in ref), name
+
+
+def test_a_bad_packed_reply_is_rejected_on_the_flat_path():
+    from strategies import FastFedAvg, reply_arrays
+
+    def client(msg, context):
+        reply = noisy_client(msg, context)
+        if context.node_id == 102:  # NaN in the flat array
+            flat = reply.content["arrays"]["packed"].numpy().copy()
+            flat[3] = np.nan
+            reply.content["arrays"] = ArrayRecord({"packed": Array(flat)})
+        if context.node_id == 103:  # one value short
+            reply.content["arrays"] = reply_arrays(msg.content, ArrayRecord({"x": Array(np.ones(3, np.float32))}))
+        return reply
+
+    s = FedTT(FastFedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0), pack=True)
+    run(s, rounds=1, nodes=3, client=client)
+    assert s.rounds[1]["rejected"] == 2 and s.rounds[1]["replies"] == 1

@@ -1,0 +1,113 @@
+"""Server aggregation of many client updates of TT factors, timed on its own (no training, no network).
+
+The FedTT strategy (numpy and Flower records only) receives N replies of MiniLM's TT adapter state (122
+tensors, 16,370 values; distinct random values per client) and aggregates them; the time of
+``aggregate_train`` alone (validation included), median of several repetitions, for N in {10, 100, 1000}:
+with Flower's FedAvg inside (unpacked replies), with FastFedAvg (unpacked, and packed: one flat array per
+reply, averaged as it is), and FedTT+ (one round's trainable cores) with FastFedAvg, packed. Writes
+results/aggregate.json and the table of docs/performance.md.
+
+    .venv/bin/python benchmarks/aggregate.py [--clients 10,100,1000] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import RESULTS, machine, write_result  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from grid import replace_block  # noqa: E402
+
+from fedtt_flwr.adapters import get_adapter_state  # noqa: E402
+from fedtt_flwr.config import RunConfig  # noqa: E402
+from fedtt_flwr.inprocess import InProcessGrid  # noqa: E402
+from fedtt_flwr.methods import build_model  # noqa: E402
+from strategies import FastFedAvg, FedTT, FedTTPlus, make_schedule, named_arrays, reply_arrays, round_trainable  # noqa: E402
+
+DOC = RESULTS.parents[1] / "docs" / "performance.md"
+
+
+def minilm_state() -> dict[str, np.ndarray]:
+    model, _ = build_model(RunConfig.from_flower({"model": "minilm", "task": "sst2", "method": "fedtt"}))
+    return {n: t.numpy() for n, t in get_adapter_state(model).items()}
+
+
+def replies_for(strategy: FedTT, state: dict[str, np.ndarray], n: int, seed: int) -> list[Message]:
+    """Configure round 1 for ``n`` nodes and answer every instruction as a client would."""
+    grid = InProcessGrid(lambda m, c: None, n, keep_sent=False)
+    arrays = ArrayRecord({k: Array(v) for k, v in state.items()})
+    rng = np.random.default_rng(seed)
+    out = []
+    for msg in strategy.configure_train(1, arrays, ConfigRecord(), grid):
+        names = round_trainable(msg.content)
+        received = named_arrays(msg.content)
+        trained = ArrayRecord({k: Array(received[k].numpy() + rng.standard_normal(received[k].shape)
+                                         .astype(np.float32) * 1e-3) for k in names})
+        metrics = MetricRecord({"num-examples": int(rng.integers(50, 100)), "train-loss": 0.5})
+        out.append(Message(RecordDict({"arrays": reply_arrays(msg.content, trained), "metrics": metrics}),
+                           reply_to=_delivered(msg)))
+    return out
+
+
+def _delivered(msg: Message) -> Message:
+    """An instruction as a node receives it: with a message id (replies point to it)."""
+    msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+    msg.metadata.__dict__["_src_node_id"] = 1
+    return msg
+
+
+VARIANTS = ("flower fedavg", "fast", "fast packed", "fedtt+ fast packed")
+
+
+def make(variant: str, n: int) -> FedTT:
+    """FedTT with Flower's FedAvg (unpacked replies) or with FastFedAvg (unpacked or packed), or FedTT+."""
+    cls = FedAvg if variant.startswith("flower") else FastFedAvg
+    inner = cls(fraction_train=1.0, min_train_nodes=n, min_available_nodes=n, fraction_evaluate=0.0)
+    pack = variant.endswith("packed")
+    if variant.startswith("fedtt+"):
+        return FedTTPlus(inner, schedule=make_schedule("cyclic"), pack=pack)
+    return FedTT(inner, pack=pack)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="10,100,1000")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # Messages outside a Flower runtime
+    state = minilm_state()
+    rows = []
+    for n in (int(x) for x in args.clients.split(",")):
+        for variant in VARIANTS:
+            times = []
+            for rep in range(args.reps):
+                strategy = make(variant, n)
+                replies = replies_for(strategy, state, n, seed=rep)
+                t0 = time.perf_counter()
+                agg, _ = strategy.aggregate_train(1, replies)
+                times.append(time.perf_counter() - t0)
+                assert agg is not None and strategy.rounds[1]["replies"] == n
+            rows.append({"clients": n, "variant": variant, "median_s": statistics.median(times),
+                         "samples_s": [round(t, 4) for t in times]})
+            print(f"N={n:5d} {variant:14s} median {rows[-1]['median_s']:.4f} s", flush=True)
+    write_result("aggregate", {"rows": rows, "tensors": len(state), "values": int(sum(v.size for v in state.values())),
+                               "machine": machine(), "command": ".venv/bin/python benchmarks/aggregate.py"})
+    text = ["| clients N | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 1) + "|"]
+    for n in sorted({r["clients"] for r in rows}):
+        text.append(f"| {n} | " + " | ".join(f"{r['median_s']:.3f} s" for r in rows if r["clients"] == n) + " |")
+    print("\n".join(text))
+    if DOC.exists():
+        DOC.write_text(replace_block(DOC.read_text(), "aggregate", "\n".join(text)))
+
+
+if __name__ == "__main__":
+    main()

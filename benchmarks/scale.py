@@ -1,0 +1,164 @@
+"""Cross-device scale: the Ray simulation (`flwr run`) with N virtual clients, 10 sampled per round.
+
+For N in {10, 100, 1000} (MiniLM, SST-2 split IID over N clients, FedTT, a few local steps): per round the
+wall time, the clients' own training time (summed, and per Ray worker), the server's aggregation time; peak
+RSS of the simulation driver (ServerApp + Ray driver), of the Ray workers (ClientApp actors) and of the rest
+(SuperLink, raylet, GCS), sampled every 0.5 s. One JSON per N in results/scale/ (a rerun skips finished N),
+a plot of these against N, and the table of docs/performance.md.
+
+    .venv/bin/python benchmarks/scale.py [--clients 10,100,1000] [--rounds 3] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import RESULTS, machine  # noqa: E402
+from grid import replace_block, save_figure  # noqa: E402
+
+from fedtt_flwr.data import default_data_dir  # noqa: E402
+from fedtt_flwr.launch import simulate  # noqa: E402
+
+OUT = RESULTS / "scale"
+RUNS = RESULTS.parent / "out" / "scale"
+DOC = RESULTS.parents[1] / "docs" / "performance.md"
+PER_ROUND = 10
+WORKERS = 2  # Ray actors: client-resources-num-cpus = 1 on 2 cores
+BASE = {"model": "minilm", "task": "sst2", "method": "fedtt", "partition": "iid", "local-steps": 5, "batch-size": 16,
+        "max-length": 64, "central-eval": False, "min-clients": PER_ROUND}
+
+
+class RssSampler(threading.Thread):
+    """Peak summed RSS (MB) of the simulation's processes, by kind, sampled with ``ps`` every 0.5 s."""
+
+    KINDS = (("workers", ("ray::", "default_worker.py")), ("driver", ("flwr-simulation",)),
+             ("flower+ray services", ("flower-superlink", "flower-superexec", "raylet", "gcs_server",
+                                      "dashboard", "log_monitor", "ray/_private")))
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.halt = {k: 0.0 for k, _ in self.KINDS}, threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            out = subprocess.run(["ps", "-eo", "rss=,args="], capture_output=True, text=True).stdout
+            now = {k: 0.0 for k, _ in self.KINDS}
+            for line in out.splitlines():
+                rss, _, args = line.strip().partition(" ")
+                for kind, needles in self.KINDS:
+                    if any(n in args for n in needles):
+                        now[kind] += int(rss) / 1024
+                        break
+            for k, v in now.items():
+                self.peak[k] = max(self.peak[k], v)
+            self.halt.wait(0.5)
+
+
+def run(n: int, rounds: int) -> dict:
+    name = f"n{n}"
+    cfg = {**BASE, "num-server-rounds": rounds, "fraction-train": PER_ROUND / n, "run-name": name,
+           "output-dir": str(RUNS), "data-dir": str(default_data_dir().resolve())}
+    sampler = RssSampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    code = simulate(num_supernodes=n, run_config=cfg, cpus_per_client=1, stream=False, timeout=3 * 3600)
+    wall = time.perf_counter() - t0
+    sampler.halt.set()
+    sampler.join()
+    if code != 0:
+        raise RuntimeError(f"the simulation with {n} clients did not complete")
+    lines = [json.loads(x) for x in (RUNS / name / "metrics.jsonl").read_text().splitlines()][1:]
+    rounds_out = []
+    for x in lines:
+        train_wall = x["client_train_s_sum"] / min(WORKERS, x["replies"])  # the workers train in parallel
+        rounds_out.append({"round": x["round"], "round_s": round(x["round_s"], 2),
+                           "aggregate_s": round(x["aggregate_s"], 4),
+                           "client_train_s_sum": round(x["client_train_s_sum"], 2),
+                           "train_wall_s": round(train_wall, 2),
+                           "overhead_share": round(1 - train_wall / x["round_s"], 3),
+                           "replies": x["replies"]})
+    return {"clients": n, "per_round": PER_ROUND, "settings": cfg, "wall_s": round(wall, 1),
+            "peak_rss_mb": {k: round(v) for k, v in sampler.peak.items()}, "rounds": rounds_out,
+            "machine": machine(), "command": ".venv/bin/python benchmarks/scale.py"}
+
+
+def summary(r: dict) -> dict:
+    later = r["rounds"][1:] or r["rounds"]  # round 1 pays the actors' model load and the first partitioning
+    med = {k: statistics.median(x[k] for x in later) for k in ("round_s", "aggregate_s", "train_wall_s",
+                                                                "overhead_share")}
+    return {**med, "first_round_s": r["rounds"][0]["round_s"]}
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| clients N | sampled per round | round 1 s | round s (median of later rounds) | clients' training, "
+            "wall s | framework overhead | aggregation s | peak RSS driver MB | peak RSS workers MB | "
+            "peak RSS Flower+Ray services MB | whole run s |", "|---" * 11 + "|"]
+    for r in results:
+        s = summary(r)
+        p = r["peak_rss_mb"]
+        rows.append(f"| {r['clients']} | {r['per_round']} | {s['first_round_s']:.1f} | {s['round_s']:.1f} | "
+                    f"{s['train_wall_s']:.1f} | {100 * s['overhead_share']:.0f} % | {s['aggregate_s']:.3f} | "
+                    f"{p['driver']:,} | {p['workers']:,} | {p['flower+ray services']:,} | {r['wall_s']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot(results: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["clients"] for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("round_s", "round"), ("train_wall_s", "clients' training (wall)"),
+                       ("aggregate_s", "aggregation")):
+        a.plot(ns, [summary(r)[key] for r in results], marker="o", label=label)
+    a.set_xscale("log")
+    a.set_xlabel("clients N (10 per round)")
+    a.set_ylabel("seconds per round (median)")
+    a.legend(fontsize=8)
+    for kind in ("driver", "workers", "flower+ray services"):
+        b.plot(ns, [r["peak_rss_mb"][kind] for r in results], marker="o", label=kind)
+    b.set_xscale("log")
+    b.set_xlabel("clients N")
+    b.set_ylabel("peak RSS, MB")
+    b.legend(fontsize=8)
+    fig.suptitle("Ray simulation, MiniLM + FedTT, SST-2")
+    return save_figure(fig, OUT / "scale.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="10,100,1000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for n in (int(x) for x in args.clients.split(",")):
+            path = OUT / f"n{n}.json"
+            if path.exists():
+                print(f"skip N={n}: done", flush=True)
+                continue
+            print(f"[scale] N={n}", flush=True)
+            path.write_text(json.dumps(run(n, args.rounds), indent=1))
+    results = sorted((json.loads(p.read_text()) for p in OUT.glob("n*.json")), key=lambda r: r["clients"])
+    if not results:
+        raise SystemExit("no results yet")
+    plot(results)
+    text = table(results)
+    print(text)
+    if DOC.exists():
+        DOC.write_text(replace_block(DOC.read_text(), "scale", text))
+
+
+if __name__ == "__main__":
+    main()
