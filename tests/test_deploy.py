@@ -98,7 +98,8 @@ def test_secure_loopback_federation_runs_fedtt_and_refuses_an_unregistered_node(
     work = tmp_path / "deploy"
     run_config = {"model": str(tiny_model_dir), "task": "sst2", "method": "fedtt", "num-server-rounds": 1,
                   "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2, "central-eval": False,
-                  "output-dir": str(tmp_path / "runs"), "run-name": "deployed"}
+                  "output-dir": str(tmp_path / "runs"), "run-name": "deployed",
+                  "dp": "sigma", "dp-noise-multiplier": 1.0}  # local DP: the accountant lives on each SuperNode
     result = loopback(work, run_config, _two_node_folders(tmp_path, tiny_sst2_dir), stream=False, timeout=600)
     print(json.dumps(result, indent=2))
     assert result["status"] == "finished:completed", (work / "superlink.log").read_text()[-3000:]
@@ -108,6 +109,7 @@ def test_secure_loopback_federation_runs_fedtt_and_refuses_an_unregistered_node(
     lines = [json.loads(x) for x in (tmp_path / "runs" / "deployed" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["round"] == 1 and lines[-1]["replies"] == 2 and lines[-1]["errors"] == 0
     assert lines[-1]["wire_bytes_up"] > lines[-1]["bytes_up"] > 0
+    assert lines[-1]["dp_epsilon_max"] > 0
     assert str(work) not in _ps_args(), "every process the loopback started must be stopped"
 
 
