@@ -1,9 +1,15 @@
-"""Training-step time of MiniLM + TT adapters vs MiniLM + LoRA r=8 (peft) on query/value.
+"""A client's training step: TT adapters vs LoRA r=8 vs the frozen backbone alone, same batch, one process.
 
-Same batch (32 x 128 tokens by default), same optimizer (AdamW), measured interleaved in one process;
-reports medians and the TT/LoRA ratio. Usage:
+Each variant is built exactly as the ClientApp builds it (`methods.build_model`): MiniLM as a classifier
+on SST-2, SmolLM2-135M as a candidate scorer on SST-2's prompt template. One real batch of SST-2 (the
+first ``--batch`` training sentences, padded to the longest, at most ``--seq`` tokens). The reference
+``frozen`` is the same model with every adapter removed and the gradient forced back through the
+whole network (the input embeddings' output requires grad): the backward work every method must do
+at least. Variants are interleaved and reported as medians with ratios; ``--profile`` adds where the
+TT step's time goes (torch.profiler, top operators by self CPU time; the adapters' own forward).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/step_time.py [--rounds 6 --reps 3 --batch 32 --seq 128]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/step_time.py [--model minilm|smollm2-135m]
+        [--batch 32 --seq 128 --rounds 6 --reps 3] [--profile]
 """
 
 from __future__ import annotations
@@ -21,67 +27,132 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from _common import interleaved_medians, machine, write_result  # noqa: E402
 
-from fedtt_flwr import TTAdapterConfig, add_tt_adapters, load_model, pick_device  # noqa: E402
+from fedtt_flwr.adapters import AdaptedLinear, TTAdapter  # noqa: E402
+from fedtt_flwr.config import RunConfig  # noqa: E402
+from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
+from fedtt_flwr.methods import build_model, prompt_task  # noqa: E402
+from fedtt_flwr.models import pick_device  # noqa: E402
+from fedtt_flwr.train import make_loader, tokenize  # noqa: E402
 
 
-def build(variant: str, device: torch.device):
-    model, _ = load_model("minilm", "classification", num_labels=2)
-    if variant.startswith("tt"):
-        mode = "contract" if variant == "tt-contract" else "rebuild"  # "tt" = rebuild, as measured before
-        add_tt_adapters(model, TTAdapterConfig(rank=5, forward_mode=mode))
-    elif variant == "lora":
-        from peft import LoraConfig, get_peft_model
+def strip_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with every adapted layer replaced by its frozen base layer."""
+    for _, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, AdaptedLinear):
+                setattr(module, child_name, child.base_layer)
+    return model
 
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
-                                                 lora_dropout=0.0, task_type="SEQ_CLS"))
+
+def build(variant: str, model_name: str, device: torch.device):
+    method = {"tt": "fedtt", "tt-rebuild": "fedtt", "lora": "lora", "frozen": "fedtt"}[variant]
+    cfg = RunConfig.from_flower({"model": model_name, "task": "sst2", "method": method})
+    model, tokenizer = build_model(cfg)
+    if variant == "tt-rebuild":  # "tt" is the default ("auto": contract where the shapes allow)
+        for m in model.modules():
+            if hasattr(m, "forward_mode"):
+                m.forward_mode = "rebuild"
+    if variant == "frozen":
+        strip_adapters(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        owner = model.lm if hasattr(model, "lm") else model  # a decoder's CandidateScorer wraps the LM
+        emb = owner.get_input_embeddings()
+        emb.register_forward_hook(lambda mod, inp, out: out.requires_grad_(True))
+        params = [p for n, p in model.named_parameters() if "classifier" in n]
+        for p in params:
+            p.requires_grad_(True)
     else:
-        raise ValueError(variant)
+        params = [p for p in model.parameters() if p.requires_grad]
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.AdamW(params, lr=1e-3), sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-3) if params else None
+    return model, tokenizer, cfg, opt, sum(p.numel() for p in params)
+
+
+def real_batch(tokenizer, cfg: RunConfig, size: int, seq: int, device: torch.device) -> dict:
+    data = load_split("sst2", "train", default_data_dir()).select(range(size))
+    loader = make_loader(tokenize(data, tokenizer, seq, prompt_task(cfg)), tokenizer, size, shuffle=False,
+                         prompt_task=prompt_task(cfg))
+    return {k: v.to(device) for k, v in next(iter(loader)).items()}
+
+
+def profile_tt(model, opt, batch, steps: int = 5) -> dict:
+    """Top operators of the TT step and the share of the step spent in the adapters' forward."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    original = TTAdapter.forward
+
+    def traced(self, z):
+        with record_function("tt_adapter_forward"):
+            return original(self, z)
+
+    TTAdapter.forward = traced
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                with record_function("step"):
+                    loss = model(**batch).loss
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    finally:
+        TTAdapter.forward = original
+    events = prof.key_averages()
+    total = next(e.cpu_time_total for e in events if e.key == "step")
+    adapter = sum(e.cpu_time_total for e in events if e.key == "tt_adapter_forward")
+    top = sorted((e for e in events if e.key not in ("step", "tt_adapter_forward")),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    return {"adapter_forward_share": round(adapter / total, 4),
+            "top_ops_self_cpu_share": [(e.key, round(e.self_cpu_time_total / total, 4)) for e in top]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--variants", default="tt,lora,tt-contract")
+    ap.add_argument("--variants", default="frozen,tt,lora,tt-rebuild")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     device = pick_device(args.device)
     torch.manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(1000, 20000, (args.batch, args.seq), device=device),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=device),
-        "labels": torch.randint(0, 2, (args.batch,), device=device),
-    }
-    fns, trainable = {}, {}
+    fns, trainable, models, batch = {}, {}, {}, None
     for variant in args.variants.split(","):
-        model, opt, trainable[variant] = build(variant, device)
+        model, tokenizer, cfg, opt, trainable[variant] = build(variant, args.model, device)
+        batch = batch if batch is not None else real_batch(tokenizer, cfg, args.batch, args.seq, device)
+        models[variant] = (model, opt)
 
-        def step(model=model, opt=opt):
+        def step(model=model, opt=opt, batch=batch):
             loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            if opt is not None:
+                opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
         fns[variant] = step
     timings = interleaved_medians(fns, rounds=args.rounds, reps=args.reps)
-    result = {"args": vars(args), "machine": machine(), "trainable_params": trainable, "timings": timings}
-    if "tt" in timings and "lora" in timings:
-        result["tt_over_lora"] = round(timings["tt"]["median_s"] / timings["lora"]["median_s"], 4)
-    if "tt-contract" in timings and "tt" in timings:
-        result["contract_over_rebuild"] = round(timings["tt-contract"]["median_s"] / timings["tt"]["median_s"], 4)
+    tokens = int(batch["attention_mask"].sum())
+    result = {"args": vars(args), "machine": machine(), "batch_tokens": tokens, "batch_shape":
+              list(batch["input_ids"].shape), "trainable_params": trainable, "timings": timings}
+    med = {k: v["median_s"] for k, v in timings.items()}
+    result["ratios"] = {f"{a}/{b}": round(med[a] / med[b], 4) for a, b in
+                        (("tt", "lora"), ("tt", "frozen"), ("lora", "frozen"), ("tt-rebuild", "tt"))
+                        if a in med and b in med}
+    if args.profile and "tt" in models:
+        result["tt_profile"] = profile_tt(*models["tt"], batch=batch)
     for k, v in timings.items():
         print(f"{k:12s} median {v['median_s'] * 1000:8.1f} ms/step  trainable {trainable[k]:,}")
-    for k in ("tt_over_lora", "contract_over_rebuild"):
-        if k in result:
-            print(f"{k}: {result[k]}")
-    print("wrote", write_result(f"step_time_{device.type}", result))
+    for k, v in result["ratios"].items():
+        print(f"{k}: {v}")
+    if "tt_profile" in result:
+        print(result["tt_profile"])
+    print("wrote", write_result(f"step_time_{args.model}_{device.type}", result))
 
 
 if __name__ == "__main__":

@@ -139,6 +139,8 @@ def _loopback(args: argparse.Namespace) -> int:
     overrides = app_overrides(args.set)
     overrides.setdefault("min-clients", args.nodes)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedtt-deploy-"))
+    if not overrides.get("data-dir"):
+        raise ValueError("loopback splits a local data folder between its SuperNodes: --set data-dir=/abs/path")
     nodes = [deploy.node_config(overrides["data-dir"], i, args.nodes) for i in range(args.nodes)]
     result = deploy.loopback(work, overrides, nodes, timeout=args.timeout)
     print(_json.dumps(result, indent=2))
