@@ -124,7 +124,7 @@ def _deploy(args: argparse.Namespace) -> int:
         return 0
     if action == "run":
         overrides = app_overrides(args.set)
-        status = deploy.run_app(overrides, env, "fedtt-deploy", timeout=args.timeout)
+        status = deploy.run_and_wait(env, "fedtt-deploy", overrides, args.timeout)
         _results_line(overrides)
         return 0 if status == "finished:completed" else 1
     raise ValueError(f"unknown deploy action {action!r}")

@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .launch import APP_DIR, OFFLINE_ENV, _bin, _free_port, _stop, _wait_port, format_overrides, wait_for_run
+from .launch import OFFLINE_ENV, _bin, _exit_on_sigterm, _free_port, _stop, _wait_port, run_and_wait
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.pem", "server.key"
 
@@ -210,19 +211,6 @@ def online_nodes(cli_env: dict, connection: str) -> set[str]:
     return {str(n["node-id"]) for n in reply.get("nodes", []) if n.get("status") == "online"}
 
 
-def run_app(run_config: dict, cli_env: dict, connection: str, timeout: float = 6 * 3600,
-            app_dir: Path = APP_DIR, stream: bool = True) -> str | None:
-    """``flwr run`` the app on a deployed SuperLink and wait for the run's final status."""
-    cmd = [_bin("flwr"), "run", str(app_dir), connection]
-    if stream:
-        cmd.append("--stream")
-    if run_config:
-        cmd += ["--run-config", format_overrides(run_config)]
-    started = time.monotonic()
-    subprocess.run(cmd, env=cli_env, check=False, timeout=timeout)
-    return wait_for_run(cli_env, connection, started, timeout)
-
-
 class Processes:
     """Processes this program started, each in a session of its own, stopped by PID (with everything
     they started) in reverse order: a SuperNode before the SuperLink it talks to."""
@@ -244,10 +232,13 @@ class Processes:
         self.procs.clear()
 
     def __enter__(self) -> Processes:
+        self._previous = _exit_on_sigterm()  # `kill PID` of this program still stops what it started
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _wait(condition, timeout: float, what: str, interval: float = 1.0):
@@ -305,7 +296,7 @@ def loopback(work_dir: str | os.PathLike, run_config: dict, node_configs: list[s
             result["online_after_unregistered"] = len(online_nodes(cli_env, connection))
         result["nodes_online_s"] = round(time.monotonic() - t0, 1)
         started = time.monotonic()
-        result["status"] = run_app(run_config, cli_env, connection, timeout=timeout, stream=stream)
+        result["status"] = run_and_wait(cli_env, connection, run_config, timeout, stream=stream)
         result["run_s"] = round(time.monotonic() - started, 1)
     result["total_s"] = round(time.monotonic() - t0, 1)
     return result

@@ -99,6 +99,19 @@ def wait_for_run(env: dict, connection: str, started: float, timeout: float) -> 
     return status
 
 
+def run_and_wait(env: dict, connection: str, run_config: dict | None = None, timeout: float = 6 * 3600,
+                 app_dir: Path = APP_DIR, stream: bool = True, extra: list[str] | None = None) -> str | None:
+    """``flwr run`` the app on ``connection``'s SuperLink and wait for the run's final status."""
+    cmd = [_bin("flwr"), "run", str(app_dir), connection, *(extra or [])]
+    if stream:
+        cmd.append("--stream")
+    if run_config:
+        cmd += ["--run-config", format_overrides(run_config)]
+    started = time.monotonic()
+    subprocess.run(cmd, env=env, check=False, timeout=timeout)
+    return wait_for_run(env, connection, started, timeout)
+
+
 def _process_groups_under(pid: int) -> set[int]:
     """Process groups of ``pid`` and all its descendants. The SuperLink's superexec starts the
     simulation in a session of its own, so killing the SuperLink's group alone leaves Ray running."""
@@ -186,14 +199,7 @@ def simulate(
         _wait_port(port, link)
         fed = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} " \
               f"client-resources-num-gpus={gpus_per_client}"
-        run_cmd = [_bin("flwr"), "run", str(app_dir), connection, "--federation-config", fed]
-        if stream:
-            run_cmd.append("--stream")
-        if run_config:
-            run_cmd += ["--run-config", format_overrides(run_config)]
-        started = time.monotonic()
-        subprocess.run(run_cmd, env=env, check=False, timeout=timeout)
-        status = wait_for_run(env, connection, started, timeout)
+        status = run_and_wait(env, connection, run_config, timeout, app_dir, stream, ["--federation-config", fed])
         ok = status == "finished:completed"
         if not ok:
             print(f"[fedtt] the run did not complete; SuperLink log: {log_file}", file=sys.stderr, flush=True)
