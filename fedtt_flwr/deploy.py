@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .launch import OFFLINE_ENV, _bin, _exit_on_sigterm, _free_port, _stop, _wait_port, run_and_wait
+from .launch import _bin, _exit_on_sigterm, _free_port, _stop, _wait_port, flwr_env, run_and_wait
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.pem", "server.key"
 
@@ -172,13 +171,6 @@ def cli_connection(name: str, address: str, ca_cert: str | os.PathLike) -> str:
 
 
 # --- running a federation (the CLI's `deploy` commands and the loopback test use these) -------------------
-
-def flwr_env(home: str | os.PathLike) -> dict:
-    """Environment for a Flower process with its own ``FLWR_HOME`` (offline-safe, this venv's tools first)."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home),
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-
 
 def write_cli_home(home: str | os.PathLike, connection: str, address: str, ca_cert: str | os.PathLike) -> Path:
     """A ``FLWR_HOME`` for the CLI whose default connection is the SuperLink at ``address``."""

@@ -39,6 +39,14 @@ OFFLINE_ENV = {
 APP_DIR = Path(__file__).resolve().parents[1]
 
 
+def flwr_env(home: str | os.PathLike) -> dict:
+    """Environment for a Flower process with its own ``FLWR_HOME``: offline-safe, and this venv's tools
+    first on PATH (a SuperLink spawns flower-superexec & co. by name)."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home),
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,9 +190,7 @@ def simulate(
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    bin_dir = str(Path(sys.executable).parent)  # the SuperLink spawns flower-superexec & co. by name
-    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home),
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = flwr_env(home)
     log_file = home / "superlink.log"
     cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--port", str(port),
            "--control-api-address", f"127.0.0.1:{_free_port()}", "--fleet-api-address", f"127.0.0.1:{_free_port()}",
