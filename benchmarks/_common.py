@@ -42,3 +42,24 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """Swap what lies between ``<!-- name:begin -->`` and ``<!-- name:end -->`` for ``content``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        return text
+    head, rest = text.split(begin, 1)
+    return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
+
+
+def publish(doc: Path, blocks: dict[str, str], echo: bool = True) -> None:
+    """Print generated tables and write each between its markers in ``doc``, so the docs carry the numbers
+    of the last run and nothing typed by hand."""
+    if echo:
+        print("\n\n".join(blocks.values()))
+    if doc.exists():
+        text = doc.read_text()
+        for name, content in blocks.items():
+            text = replace_block(text, name, content)
+        doc.write_text(text)

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine, write_result  # noqa: E402
+from _common import RESULTS, machine, publish, write_result  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-from grid import replace_block  # noqa: E402
 
 from fedtt_flwr.adapters import get_adapter_state  # noqa: E402
 from fedtt_flwr.config import RunConfig  # noqa: E402
@@ -104,9 +103,7 @@ def main() -> None:
     text = ["| clients N | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 1) + "|"]
     for n in sorted({r["clients"] for r in rows}):
         text.append(f"| {n} | " + " | ".join(f"{r['median_s']:.3f} s" for r in rows if r["clients"] == n) + " |")
-    print("\n".join(text))
-    if DOC.exists():
-        DOC.write_text(replace_block(DOC.read_text(), "aggregate", "\n".join(text)))
+    publish(DOC, {"aggregate": "\n".join(text)})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import METHODS, RESULTS, Cell, mb_to_target, replace_block, run_federated, save_figure  # noqa: E402
+from _common import publish  # noqa: E402
+from grid import METHODS, RESULTS, Cell, mb_to_target, run_federated, save_figure  # noqa: E402
 
 from fedtt_flwr.data import get_task  # noqa: E402
 
@@ -181,9 +182,7 @@ def report() -> None:
     plots(results)
     text, levels = table(results), level_table(results)
     (OUT / "summary.md").write_text("# Convergence per byte\n\n" + text + "\n\n" + levels + "\n")
-    if DOC.exists():
-        DOC.write_text(replace_block(replace_block(DOC.read_text(), "table", text), "levels", levels))
-    print(text + "\n\n" + levels)
+    publish(DOC, {"table": text, "levels": levels})
 
 
 def main() -> None:

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS  # noqa: E402
-from grid import replace_block  # noqa: E402
+from _common import RESULTS, publish  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir  # noqa: E402
 
@@ -80,8 +79,7 @@ def main() -> None:
         results[name] = collect(name)
         OUT.write_text(json.dumps(results, indent=1))
     text = table(results)
-    print(text)
-    DOC.write_text(replace_block(DOC.read_text(), "decoder-run", text))
+    publish(DOC, {"decoder-run": text})
 
 
 if __name__ == "__main__":

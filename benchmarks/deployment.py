@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine, write_result  # noqa: E402
-from grid import replace_block  # noqa: E402
+from _common import RESULTS, machine, publish, write_result  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir  # noqa: E402
 from fedtt_flwr.deploy import loopback, node_config  # noqa: E402
@@ -69,8 +68,7 @@ def main() -> None:
         write_result("deployment", measure())
     r = json.loads(path.read_text())
     text = table(r)
-    print(text)
-    DOC.write_text(replace_block(DOC.read_text(), "measured", text))
+    publish(DOC, {"measured": text})
 
 
 if __name__ == "__main__":

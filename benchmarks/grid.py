@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS  # noqa: E402
+from _common import RESULTS, replace_block  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir, get_task  # noqa: E402
 
@@ -354,15 +354,6 @@ def check_table() -> str:
     keep = ("task", "num-server-rounds", "local-steps", "partition", "alpha", "seed")
     return ("Command: `.venv/bin/python benchmarks/grid.py --check-flwr`; 4 clients, all in every round, "
             + ", ".join(f"`{k}={cfg[k]}`" for k in keep) + "; dev metrics after every round.\n\n" + "\n".join(rows))
-
-
-def replace_block(text: str, name: str, content: str) -> str:
-    """Swap what lies between ``<!-- name:begin -->`` and ``<!-- name:end -->`` for ``content``."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    if begin not in text or end not in text:
-        return text
-    head, rest = text.split(begin, 1)
-    return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
 def report(results: dict[str, dict], with_shapes: bool = False) -> Path:

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS  # noqa: E402
-from grid import replace_block  # noqa: E402
+from _common import RESULTS, publish  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir  # noqa: E402
 
@@ -76,9 +75,7 @@ def main() -> None:
             path.write_text(json.dumps(run(name), indent=1))
     results = {n: json.loads((OUT / f"{n}.json").read_text()) for n in VARIANTS if (OUT / f"{n}.json").exists()}
     text = table(results)
-    print(text)
-    if DOC.exists():
-        DOC.write_text(replace_block(DOC.read_text(), "privacy-run", text))
+    publish(DOC, {"privacy-run": text})
 
 
 if __name__ == "__main__":

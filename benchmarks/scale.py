@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine  # noqa: E402
-from grid import replace_block, save_figure  # noqa: E402
+from _common import RESULTS, machine, publish  # noqa: E402
+from grid import save_figure  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir  # noqa: E402
 from fedtt_flwr.launch import simulate  # noqa: E402
@@ -155,9 +155,7 @@ def main() -> None:
         raise SystemExit("no results yet")
     plot(results)
     text = table(results)
-    print(text)
-    if DOC.exists():
-        DOC.write_text(replace_block(DOC.read_text(), "scale", text))
+    publish(DOC, {"scale": text})
 
 
 if __name__ == "__main__":
