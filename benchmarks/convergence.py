@@ -23,14 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import publish  # noqa: E402
 from grid import METHODS, RESULTS, Cell, mb_to_target, run_federated, save_figure  # noqa: E402
 
-from fedtt_flwr.data import get_task  # noqa: E402
-
 OUT = RESULTS / "convergence"
 RUNS = RESULTS.parent / "out" / "convergence"
 DOC = RESULTS.parents[1] / "docs" / "convergence.md"
 ROUNDS = 20
-#: the level each task's main dev metric must reach (issue 10); RTE: the best reachable, see the doc
-TARGETS = {"sst2": 0.80, "mrpc": 0.80, "rte": 0.60}
+#: (dev metric, level) each task must reach (issue 10); RTE: the best reachable, see the doc. MRPC by accuracy:
+#: the issue's F1 0.80 is met by predicting "paraphrase" for every pair (F1 0.812, accuracy 0.684)
+TARGETS = {"sst2": ("accuracy", 0.80), "mrpc": ("accuracy", 0.75), "rte": ("accuracy", 0.60)}
 
 
 def run_name(cell: Cell, rounds: int, overrides: dict) -> str:
@@ -61,7 +60,7 @@ def run(task: str, alpha: float, methods: list[str], seeds: list[int], rounds: i
             result["overrides"] = overrides
             path.write_text(json.dumps(result, indent=1))
             print(f"[convergence] {name}: final {result['final']}, to target "
-                  f"{mb_to_target(result['curve'], get_task(task).metrics[0], TARGETS[task])} "
+                  f"{mb_to_target(result['curve'], *TARGETS[task])} "
                   f"in {result['wall_s']} s", flush=True)
 
 
@@ -94,7 +93,7 @@ def table(results: list[dict]) -> str:
             "|---" * 14 + "|"]
     grouped = groups(results)
     for (task, alpha, rounds, method, lev), runs in grouped.items():
-        metric, target = get_task(task).metrics[0], TARGETS[task]
+        metric, target = TARGETS[task]
         hits = [mb_to_target(r["curve"], metric, target) for r in runs]
         reached = [h for h in hits if h]
         per_client = statistics.mean(r["bytes_up_per_round"][0] / (r["run_config"]["min-clients"]) for r in runs)
@@ -121,7 +120,9 @@ def packed_bytes_per_client(method: str) -> int:
 
 
 #: lower levels than the target, to compare runs that do not all reach it
-LEVELS = {"sst2": (0.70, 0.75, 0.78, 0.80), "mrpc": (0.75, 0.80, 0.85), "rte": (0.55, 0.60)}
+LEVELS = {"sst2": tuple(("accuracy", x) for x in (0.70, 0.75, 0.78, 0.80)),
+          "mrpc": (("accuracy", 0.70), ("accuracy", 0.75), ("f1", 0.85)),
+          "rte": (("accuracy", 0.55), ("accuracy", 0.60))}
 
 
 def level_table(results: list[dict], min_seeds: int = 3) -> str:
@@ -132,15 +133,14 @@ def level_table(results: list[dict], min_seeds: int = 3) -> str:
     for (task, alpha, _, method, lev), runs in groups(results).items():
         if len(runs) < min_seeds:
             continue
-        metric = get_task(task).metrics[0]
         per_round = packed_bytes_per_client(method) * runs[0]["run_config"]["min-clients"] / 1e6
-        for level in LEVELS[task]:
+        for metric, level in LEVELS[task]:
             hits = [h for h in (mb_to_target(r["curve"], metric, level) for r in runs) if h]
             mb, rnd, mb_packed = ("-",) * 3
             if hits:
                 mb, rnd = _ms([h[0] for h in hits]), _ms([h[1] for h in hits], "{:.1f}")
                 mb_packed = _ms([h[1] * per_round for h in hits])
-            rows.append(f"| {task} | {alpha:g} | {method} | {lev} | {len(runs)} | {level:.2f} | "
+            rows.append(f"| {task} | {alpha:g} | {method} | {lev} | {len(runs)} | {metric} {level:.2f} | "
                         f"{len(hits)}/{len(runs)} | {mb} | {rnd} | {mb_packed} |")
     return "\n".join(rows)
 
@@ -157,14 +157,14 @@ def plots(results: list[dict]) -> list[Path]:
     written = []
     for task, alpha, rounds in settings:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        metric = get_task(task).metrics[0]
+        metric, target = TARGETS[task]
         for (t, a, n, method, lev), runs in groups(results).items():
             if (t, a, n) != (task, alpha, rounds) or lev != "default":
                 continue
             for i, r in enumerate(runs):
                 ax.plot([p["mb_up"] for p in r["curve"]], [p[metric] for p in r["curve"]], color=colors[method],
                         alpha=0.8, lw=1.2, label=method if i == 0 else None)
-        ax.axhline(TARGETS[task], color="k", ls=":", lw=1)
+        ax.axhline(target, color="k", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("cumulative MB up (all clients)")
         ax.set_ylabel(f"dev {metric}")
