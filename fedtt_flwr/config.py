@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "identity"]
 Placement = Literal["auto", "encoder", "decoder"]
@@ -96,6 +96,9 @@ class RunConfig(BaseModel):
     schedule: str = Field("cyclic", description="FedTT+: cyclic | random | all | fixed:I,J,...")
     schedule_middle: int = Field(1, ge=1, description="FedTT+: intermediate cores trained per round")
     sync: Literal["delta", "full"] = "delta"
+    tt_average: Literal["cores", "matrices"] = Field(
+        "cores", description="fedtt: cores: average core by core (the paper); matrices: average the rebuilt "
+                             "matrices and truncate back to TT by TT-SVD (docs/convergence.md)")
     pack_arrays: bool = Field(True, description="send each message's tensors as one flat array (no per-tensor "
                                                  "header): same numbers, fewer bytes")
     lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")
@@ -169,6 +172,13 @@ class RunConfig(BaseModel):
         if info.data.get("dp") == "epsilon" and v <= 0:
             raise ValueError("dp=epsilon needs a target epsilon > 0")
         return v
+
+    @model_validator(mode="after")
+    def _matrices_with_fedavg(self) -> RunConfig:
+        if self.tt_average == "matrices" and (self.method != "fedtt" or self.server_opt not in ("fedavg", "fedprox")):
+            raise ValueError("tt-average=matrices needs method fedtt and server-opt fedavg or fedprox (got method "
+                             f"{self.method!r}, server-opt {self.server_opt!r})")
+        return self
 
     @field_validator("data_dir")
     @classmethod

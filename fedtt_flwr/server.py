@@ -82,7 +82,7 @@ def _strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
         return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync, pack=cfg.pack_arrays)
     if cfg.method == "rolora":
         return FedAlternating(inner, include=travelling, sync=cfg.sync, pack=cfg.pack_arrays)
-    return FedTT(inner, include=travelling, pack=cfg.pack_arrays)
+    return FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
 
 
 def run_folder(cfg: RunConfig) -> Path:

@@ -26,7 +26,7 @@ from logging import INFO, WARNING
 from typing import Literal
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -42,6 +42,7 @@ from .schedules import (
     plan_for_round,
     trainable_names,
 )
+from .ttsvd import average_tt_layers
 
 #: Names of the tensors that travel by default: TT cores, everything inside an adapter, and common
 #: task-head names. Pass ``include=`` for other naming schemes.
@@ -101,10 +102,18 @@ class FedTT(Strategy):
     min_replies : int
         A round with fewer usable replies (after errors, timeouts and rejections) is skipped: the
         global adapters stay as they were.
+    average : "cores" or "matrices"
+        ``cores`` (the FedTT paper): ``inner`` averages every core like any tensor. ``matrices``: each
+        TT layer becomes the TT-SVD of the weighted mean of the clients' rebuilt matrices
+        (:mod:`strategies.ttsvd`); the other tensors still go through ``inner``, which must then be a
+        plain FedAvg (a server optimizer's state on the cores would not match the cores sent).
     """
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
-                 min_replies: int = 1) -> None:
+                 min_replies: int = 1, average: Literal["cores", "matrices"] = "cores") -> None:
+        if average not in ("cores", "matrices"):
+            raise ValueError(f"average must be 'cores' or 'matrices', got {average!r}")
+        self.average = average
         self.inner = inner if inner is not None else FastFedAvg()
         self.include = _matcher(include)
         self.pack = pack
@@ -350,12 +359,31 @@ class FedTT(Strategy):
             return None, metrics
         if flat:
             agg = unpack(agg, [(n, tuple(self._global[n].shape)) for n in self._expected])
+        if self.average == "matrices":
+            agg = self._average_matrices(agg, [m for m in valid if not m.has_error()], flat)
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
         merged = ArrayRecord({n: (agg[n] if n in trained and n in agg else a) for n, a in self._global.items()})
         for n in trained:
             self._version[n] += 1
         self._global = merged
         return merged, metrics
+
+    def _average_matrices(self, agg: ArrayRecord, replies: list[Message], flat: bool) -> ArrayRecord:
+        """``agg`` with every TT layer's cores replaced by the TT-SVD of the mean rebuilt matrix."""
+        layers = cores_per_layer(self._expected)
+        cores = {f"{layer}.core_{k}" for layer, d in layers.items() for k in range(d)}
+        if not cores <= set(self._expected):
+            raise ValueError("average='matrices' needs every core of a TT layer to train each round "
+                             "(FedTT, not a FedTT+ schedule)")
+        layout = [(n, tuple(self._global[n].shape)) for n in self._expected]
+        key = getattr(self.inner, "weighted_by_key", "num-examples")
+        arrays, weights = [], []
+        for msg in replies:
+            rec = unpack(msg.content[self.arrays_key], layout) if flat else msg.content[self.arrays_key]
+            arrays.append({n: as_numpy(rec[n]) for n in cores})
+            weights.append(float(next(r[key] for r in msg.content.metric_records.values() if key in r)))
+        averaged = average_tt_layers(arrays, weights, layers)
+        return ArrayRecord({n: Array(averaged[n]) if n in averaged else a for n, a in agg.items()})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
