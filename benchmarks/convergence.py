@@ -76,6 +76,16 @@ def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format((max(values) - min(values)) / 2)}"
 
 
+#: overrides that change the training budget of every method alike: a run is compared with the LoRA runs
+#: that share them (the other overrides are FedTT's levers)
+SHARED = ("local-steps", "batch-size", "max-length")
+
+
+def reference_lever(result: dict) -> str:
+    """The lever of the LoRA runs a run is compared with: its budget overrides only."""
+    return lever({"overrides": {k: v for k, v in result["overrides"].items() if k in SHARED}})
+
+
 def groups(results: list[dict]) -> dict[tuple, list[dict]]:
     """Runs grouped by (task, alpha, rounds, method, lever): the seeds of one configuration."""
     out: dict[tuple, list[dict]] = {}
@@ -97,7 +107,7 @@ def table(results: list[dict]) -> str:
         hits = [mb_to_target(r["curve"], metric, target) for r in runs]
         reached = [h for h in hits if h]
         per_client = statistics.mean(r["bytes_up_per_round"][0] / (r["run_config"]["min-clients"]) for r in runs)
-        lora = grouped.get((task, alpha, rounds, "lora", "default"), [])
+        lora = grouped.get((task, alpha, rounds, "lora", reference_lever(runs[0])), [])
         lora_hits = [h for h in (mb_to_target(r["curve"], metric, target) for r in lora) if h]
         ratio = (f"{statistics.mean(h[0] for h in lora_hits) / statistics.mean(h[0] for h in reached):.2f}"
                  if reached and lora_hits and len(reached) == len(runs) else "-")
