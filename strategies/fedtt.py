@@ -220,10 +220,14 @@ class FedTT(Strategy):
             return None
         try:
             msg.content[self.arrays_key] = unpack(
-                rec, [(n, tuple(self._global[n].shape)) for n in self._expected])
+                rec, self._layout())
         except ValueError as exc:
             return f"packed reply: {exc}"
         return None
+
+    def _layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """``(name, shape)`` of this round's trained tensors, in the order a packed reply holds them."""
+        return [(n, tuple(self._global[n].shape)) for n in self._expected]
 
     def _packed_spec(self) -> tuple[int, set[str]]:
         """``(values, dtypes)`` a packed reply of this round must have."""
@@ -358,7 +362,7 @@ class FedTT(Strategy):
         if agg is None:
             return None, metrics
         if flat:
-            agg = unpack(agg, [(n, tuple(self._global[n].shape)) for n in self._expected])
+            agg = unpack(agg, self._layout())
         if self.average == "matrices":
             agg = self._average_matrices(agg, [m for m in valid if not m.has_error()], flat)
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
@@ -375,7 +379,7 @@ class FedTT(Strategy):
         if not cores <= set(self._expected):
             raise ValueError("average='matrices' needs every core of a TT layer to train each round "
                              "(FedTT, not a FedTT+ schedule)")
-        layout = [(n, tuple(self._global[n].shape)) for n in self._expected]
+        layout = self._layout()
         key = getattr(self.inner, "weighted_by_key", "num-examples")
         arrays, weights = [], []
         for msg in replies:
