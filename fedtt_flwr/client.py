@@ -23,11 +23,11 @@ from strategies.protocol import receive_global, reply_arrays, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig
-from .data import PartitionSpec, check_partition_id, load_task, make_partitioner
+from .data import PartitionSpec, check_partition_id, get_task, load_task, make_partitioner
 from .methods import build_model, prompt_task
 from .models import pick_device
 from .privacy import check_budget, dp_train_steps, load_history, save_history, settings_for
-from .train import cycle, make_loader, make_optimizer, tokenize, train_steps
+from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
 disable_progress_bar()  # one bar per client and round drowns the run log
@@ -144,8 +144,9 @@ def train(msg: Message, context: Context) -> Message:
     dp = settings_for(cfg, len(data))
     if dp is None:
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        shift = label_prior_shift(data["label"], len(get_task(cfg.task).labels), cfg.logit_adjust)
         stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
-                            max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu)
+                            max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu, logit_shift=shift)
     else:
         settings, q = dp
         history = load_history(context.state)

@@ -129,6 +129,9 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer = sgd)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
+    logit_adjust: float = Field(
+        0.0, ge=0, description="label-skew loss: add tau * log(local label frequency) to the logits while training "
+                               "(Menon et al. 2021, FedLC); 0: plain cross-entropy")
     device: str = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -178,6 +181,13 @@ class RunConfig(BaseModel):
         if self.tt_average == "matrices" and (self.method != "fedtt" or self.server_opt not in ("fedavg", "fedprox")):
             raise ValueError("tt-average=matrices needs method fedtt and server-opt fedavg or fedprox (got method "
                              f"{self.method!r}, server-opt {self.server_opt!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _no_prior_under_dp(self) -> RunConfig:
+        if self.logit_adjust > 0 and self.dp != "off":
+            raise ValueError("logit-adjust uses the client's label frequencies, which DP-SGD does not account for: "
+                             "set logit-adjust = 0 with dp")
         return self
 
     @field_validator("data_dir")

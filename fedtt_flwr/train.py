@@ -70,6 +70,27 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float, weight_deca
     raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
 
 
+def label_prior_shift(labels, num_classes: int, tau: float) -> torch.Tensor | None:
+    """Logit adjustment for label skew (Menon et al., 2021; FedLC, Zhang et al., 2022): ``tau * log p_c`` of
+    this client's label frequencies (add-one smoothed), added to the logits in the training loss only.
+    The client then fits the class-balanced posterior instead of its own label mix, so the heads of clients
+    with opposite majorities stop pulling the average to one class. None when ``tau`` is 0."""
+    if tau == 0:
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes] + 1.0
+    return torch.tensor(tau * np.log(counts / counts.sum()), dtype=torch.float32)
+
+
+def batch_loss(model: nn.Module, batch: dict, logit_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's cross-entropy on ``batch``; with ``logit_shift`` (see :func:`label_prior_shift`) the
+    shift is added to the logits first."""
+    if logit_shift is None:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits.float()
+    return nn.functional.cross_entropy(logits + logit_shift.to(logits.device), batch["labels"])
+
+
 def cycle(loader: DataLoader) -> Iterator[dict]:
     """Endless batches: local training counts optimizer steps, not epochs."""
     return itertools.chain.from_iterable(itertools.repeat(loader))
@@ -86,10 +107,12 @@ def train_steps(
     max_grad_norm: float | None = 1.0,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     proximal_mu: float = 0.0,
+    logit_shift: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps; return the mean training loss and the number of examples seen.
 
-    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_start||^2`` over the trainable tensors."""
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_start||^2`` over the trainable tensors;
+    ``logit_shift`` adjusts the logits of the loss (:func:`label_prior_shift`)."""
     model.train()
     losses, seen, t0 = [], 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -97,7 +120,7 @@ def train_steps(
     for step in range(1, steps + 1):
         batch = {k: v.to(device) for k, v in next(batches).items()}
         with _autocast(device, amp_dtype):
-            loss = model(**batch).loss
+            loss = batch_loss(model, batch, logit_shift)
         if anchors:
             loss = loss + 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
         if not torch.isfinite(loss):

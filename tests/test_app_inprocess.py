@@ -69,6 +69,15 @@ def test_learns_the_tiny_task(tmp_path, tiny_model_dir, tiny_sst2_dir):
     assert lines[-1]["accuracy"] >= 0.9 > lines[0]["accuracy"]
 
 
+def test_logit_adjust_reaches_the_clients_loss(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """Same seed, same data: only the clients' loss differs, so the reported training loss must."""
+    _, _, plain = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1})
+    _, _, adjusted = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1,
+                                                                               "logit-adjust": 1.0})
+    assert plain[0]["accuracy"] == adjusted[0]["accuracy"]  # same start
+    assert adjusted[1]["train_loss"] != pytest.approx(plain[1]["train_loss"], rel=1e-4)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("rank", 0, "'rank': Input should be greater than or equal to 1"),
     ("task", "sst3", "'task': unknown task 'sst3'"),

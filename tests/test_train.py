@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
 from datasets import Dataset
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from fedtt_flwr import TTAdapterConfig, add_tt_adapters, get_adapter_state
-from fedtt_flwr.train import cycle, evaluate, make_loader, train_steps
+from fedtt_flwr.train import batch_loss, cycle, evaluate, label_prior_shift, make_loader, train_steps
 
 
 class _Tok:
@@ -84,3 +86,66 @@ def test_make_optimizer_builds_adamw_or_sgd_with_momentum():
     assert torch.allclose(p[0].detach(), torch.full((3,), 0.5))  # first step: lr * grad
     with pytest.raises(ValueError, match="adamw or sgd"):
         make_optimizer(p, "lion", 1e-3)
+
+
+class _PriorOnly(torch.nn.Module):
+    """A classifier that cannot read its input: its logits are one learnable bias vector, so training can
+    only fit the label prior it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        logits = self.bias.expand(input_ids.shape[0], 2)
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _skewed_batches(n_pos: int, n_neg: int):
+    labels = torch.tensor([1] * n_pos + [0] * n_neg)
+    batch = {"input_ids": torch.zeros((len(labels), 3), dtype=torch.long), "labels": labels}
+    return [batch] * 400, labels.tolist()
+
+
+def test_label_prior_shift_is_tau_log_smoothed_local_frequencies():
+    assert label_prior_shift([0, 1, 1], 2, 0.0) is None
+    shift = label_prior_shift([1, 1, 1], 3, 0.5)  # classes 0 and 2 unseen: add-one smoothing keeps them finite
+    np.testing.assert_allclose(shift.numpy(), 0.5 * np.log(np.array([1, 4, 1]) / 6), rtol=1e-6)
+
+
+def test_logit_adjustment_fits_the_balanced_posterior_on_a_skewed_client():
+    """Without the shift a prior-only model learns the client's log-odds (log 9 for a 90/10 client); with
+    tau = 1 it stays near 0 (balanced, up to the smoothing), which is what keeps skewed clients from dragging the head apart."""
+    biases = {}
+    for tau in (0.0, 1.0):
+        model = _PriorOnly()
+        batches, labels = _skewed_batches(90, 10)
+        shift = label_prior_shift(labels, 2, tau)
+        train_steps(model, iter(batches), torch.optim.SGD(model.parameters(), lr=1.0), 400, torch.device("cpu"),
+                    max_grad_norm=None, logit_shift=shift)
+        biases[tau] = float(model.bias[1] - model.bias[0])
+    assert biases[0.0] == pytest.approx(np.log(9), abs=0.05)
+    # the shift is log(91/11) (add-one smoothing), so all that is left is log 9 - log(91/11) = 0.084
+    assert biases[1.0] == pytest.approx(np.log(9) - np.log(91 / 11), abs=0.01)
+
+
+def test_batch_loss_adds_the_shift_to_the_logits():
+    model = _PriorOnly()
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([0.3, -0.2]))
+    batch = {"input_ids": torch.zeros((4, 2), dtype=torch.long), "labels": torch.tensor([0, 1, 1, 1])}
+    shift = torch.tensor([0.5, -1.0])
+    expected = torch.nn.functional.cross_entropy(torch.tensor([[0.8, -1.2]] * 4), batch["labels"])
+    assert float(batch_loss(model, batch, shift)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(batch_loss(model, batch)) != pytest.approx(float(expected), rel=1e-3)
+
+
+def test_logit_adjust_is_refused_with_dp():
+    from fedtt_flwr.config import RunConfig
+
+    assert RunConfig.from_flower({"logit-adjust": 1.0}).logit_adjust == 1.0
+    with pytest.raises(ValueError, match="logit-adjust uses the client's label frequencies"):
+        RunConfig.from_flower({"logit-adjust": 1.0, "dp": "sigma"})
+    with pytest.raises(ValueError, match="'logit-adjust'"):
+        RunConfig.from_flower({"logit-adjust": -1.0})
