@@ -92,6 +92,19 @@ class AdaptedLinear(nn.Module):
         return y + self.adapter(y)
 
 
+def norm_param_names(model: nn.Module, which: bool | str) -> set[str]:
+    """Parameter names of every LayerNorm/RMSNorm: gains and biases (``True``), gains only (``"weight"``),
+    none (``False``)."""
+    if not which:
+        return set()
+    names = set()
+    for mname, module in model.named_modules():
+        if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
+            names.update(f"{mname}.{pname}" if mname else pname for pname, _ in module.named_parameters(recurse=False)
+                         if which is True or pname == "weight")
+    return names
+
+
 def _rules_for(model: nn.Module, placement: str) -> tuple[tuple[str, Position], ...]:
     if placement == "encoder":
         return ENCODER_RULES
@@ -141,7 +154,8 @@ def add_tt_adapters(model: nn.Module, config: TTAdapterConfig | None = None) -> 
     """Add TT adapters to a Hugging Face model in place, freeze the backbone, and return the model.
 
     Trainable afterwards: the adapters' cores and biases, the task head (``train_head``) and the
-    LayerNorms (``train_layernorm``). Exactly these make up :func:`get_adapter_state`.
+    LayerNorms (``train_layernorm``: gains and biases, or ``"weight"``: the gains only). Exactly these make
+    up :func:`get_adapter_state`.
     """
     config = config or TTAdapterConfig()
     if getattr(model, "fedtt_config", None) is not None:
@@ -172,11 +186,7 @@ def add_tt_adapters(model: nn.Module, config: TTAdapterConfig | None = None) -> 
         adapter = TTAdapter(hidden, config, device=base.weight.device)
         _replace(model, name, AdaptedLinear(base, adapter, position))
     tt = tt_param_names(model) | {n for n, _ in model.named_parameters() if ".adapter." in f".{n}"}
-    norms = set()
-    if config.train_layernorm:
-        for mname, module in model.named_modules():
-            if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
-                norms.update(f"{mname}.{pname}" for pname, _ in module.named_parameters(recurse=False))
+    norms = norm_param_names(model, config.train_layernorm)
     travelling = []
     for name, p in model.named_parameters():
         if name in tt or name in head or name in norms:

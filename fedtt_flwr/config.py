@@ -29,7 +29,9 @@ class TTAdapterConfig(BaseModel):
     )
     bias: bool = Field(False, description="TT layers carry a bias (it trains and travels); off by default "
                                           "(ours): it costs 23-65% more bytes for little accuracy")
-    train_layernorm: bool = Field(False, description="also train (and send) every LayerNorm/RMSNorm")
+    train_layernorm: bool | Literal["weight"] = Field(
+        False, description="also train (and send) every LayerNorm/RMSNorm: True its gain and bias, 'weight' its gain "
+                           "only (on MiniLM/SST-2 the gains give all of the gain, docs/convergence.md)")
     train_head: bool = Field(True, description="train (and send) the newly initialised task head")
     tensorized_classifier: bool | Literal["auto"] = Field(
         "auto", description="replace a RoBERTa-style classifier.dense (h x h) by a TT layer (LoRETTA); auto: "
@@ -86,6 +88,9 @@ class RunConfig(BaseModel):
     bottleneck: int = Field(64, ge=1)
     adapter_bias: bool = False
     adapter_init: Literal["loretta", "near-identity"] = "loretta"
+    train_layernorm: bool | Literal["weight"] = Field(
+        False, description="fedtt/fedtt+/adapter: also train and send the LayerNorm (RMSNorm) gains ('weight') or "
+                           "gains and biases (true)")
     tensorized_classifier: bool | Literal["auto"] = Field(
         "auto", description="a RoBERTa-style head's classifier.dense as a TT layer (auto: where there is one)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory for "
@@ -202,7 +207,7 @@ class RunConfig(BaseModel):
     def adapter_config(self) -> TTAdapterConfig:
         return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
                                dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier,
-                               init=self.adapter_init)
+                               init=self.adapter_init, train_layernorm=self.train_layernorm)
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:

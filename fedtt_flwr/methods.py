@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .adapters import add_tt_adapters, head_param_names
+from .adapters import add_tt_adapters, head_param_names, norm_param_names
 from .config import RunConfig
 from .data import get_task
 from .models import load_model, model_config
@@ -29,13 +29,15 @@ PEFT_PREFIX = "base_model.model."
 
 
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: bool = False,
-             train_head: bool = True) -> nn.Module:
+             train_head: bool = True, train_layernorm: bool | str = False) -> nn.Module:
     """Wrap ``model`` with peft LoRA on its query/value projections (peft's default targets), freeze the
-    backbone, and record the travelling tensors (A unless ``freeze_a``, B, the head) like
-    :func:`add_tt_adapters` does, so :func:`get_adapter_state` works the same."""
+    backbone, and record the travelling tensors (A unless ``freeze_a``, B, the head, the norms chosen by
+    ``train_layernorm`` as for TT adapters) like :func:`add_tt_adapters` does, so :func:`get_adapter_state`
+    works the same."""
     from peft import LoraConfig, get_peft_model
 
     head = set(head_param_names(model)) if train_head else set()
+    head |= norm_param_names(model, train_layernorm)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(model), lora_dropout=0.0, bias="none")
     wrapped = get_peft_model(model, config)
     travelling = []
@@ -80,7 +82,8 @@ def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     if cfg.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no gradient
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method in LORA_METHODS:
-        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=cfg.method == "ffa-lora")
+        model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=cfg.method == "ffa-lora",
+                         train_layernorm=cfg.train_layernorm)
     else:
         add_tt_adapters(model, cfg.adapter_config())
     return model, tokenizer

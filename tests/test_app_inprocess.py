@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
@@ -67,6 +68,19 @@ def test_learns_the_tiny_task(tmp_path, tiny_model_dir, tiny_sst2_dir):
     _, _, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 8, "local-steps": 15,
                                                                       "lr": 0.02, "bottleneck": 8, "partition": "iid"})
     assert lines[-1]["accuracy"] >= 0.9 > lines[0]["accuracy"]
+
+
+def test_layernorm_gains_travel_every_round_and_train(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """FedTT+ freezes cores by schedule, but the norm gains (like the head) travel and train every round."""
+    grid, folder, _ = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, method="fedtt+",
+                              **{"train-layernorm": "weight"})
+    for msg in grid.sent:
+        sent = named_arrays(msg.content, "arrays")
+        assert sum(n.endswith("LayerNorm.weight") for n in sent) == 5  # tiny BERT: embeddings + 2 x 2
+        assert not any(n.endswith("LayerNorm.bias") for n in sent)
+    state, _, _ = read_adapter(folder / "adapter.safetensors")
+    gain = state["bert.encoder.layer.0.output.LayerNorm.weight"]
+    assert not np.allclose(gain, 1.0)  # trained away from its pretrained value (1 in the tiny model)
 
 
 def test_logit_adjust_reaches_the_clients_loss(tmp_path, tiny_model_dir, tiny_sst2_dir):

@@ -41,6 +41,21 @@ def test_each_methods_travelling_tensors(tiny_model_dir):
         assert {n for n, p in model.named_parameters() if p.requires_grad} == set(model.fedtt_state_names)
 
 
+@pytest.mark.parametrize("method", ["fedtt", "lora"])
+def test_train_layernorm_adds_the_norm_gains_or_gains_and_biases(tiny_model_dir, method):
+    def norms(which):
+        model = build_model(RunConfig(model=str(tiny_model_dir), method=method, **{"train-layernorm": which}))[0]
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == set(model.fedtt_state_names)
+        return {n.removeprefix("base_model.model.") for n in model.fedtt_state_names if "LayerNorm" in n}
+
+    assert norms(False) == set()
+    gains = norms("weight")
+    # tiny BERT, 2 layers: the embeddings' norm and two per layer
+    assert len(gains) == 5 and all(n.endswith("LayerNorm.weight") for n in gains)
+    assert "bert.embeddings.LayerNorm.weight" in gains
+    assert norms(True) == gains | {n.replace(".weight", ".bias") for n in gains}
+
+
 def test_ffa_lora_a_is_the_same_everywhere_for_a_seed(tiny_model_dir):
     def a_of(seed):
         model = build_model(RunConfig(model=str(tiny_model_dir), method="ffa-lora", seed=seed))[0]

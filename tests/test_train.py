@@ -116,7 +116,8 @@ def test_label_prior_shift_is_tau_log_smoothed_local_frequencies():
 
 def test_logit_adjustment_fits_the_balanced_posterior_on_a_skewed_client():
     """Without the shift a prior-only model learns the client's log-odds (log 9 for a 90/10 client); with
-    tau = 1 it stays near 0 (balanced, up to the smoothing), which is what keeps skewed clients from dragging the head apart."""
+    tau = 1 it stays near 0 (balanced, up to the smoothing), which keeps skewed clients from dragging the head
+    apart."""
     biases = {}
     for tau in (0.0, 1.0):
         model = _PriorOnly()
