@@ -97,36 +97,61 @@ def groups(results: list[dict]) -> dict[tuple, list[dict]]:
                                                      kv[0][4] != "default", kv[0][4])))
 
 
+def packed_mb(run: dict, rounds: int) -> float:
+    """Uplink MB of ``rounds`` rounds of this run with packed messages (pack-arrays, the default)."""
+    return rounds * packed_bytes_per_client(run) * run["run_config"]["min-clients"] / 1e6
+
+
 def table(results: list[dict]) -> str:
     rows = ["| task | alpha | rounds | method | lever | seeds | bytes up / client / round | reached | "
-            "MB up to target | round | lora MB / this MB | final dev | mean of last 5 rounds | final, lora |",
-            "|---" * 14 + "|"]
+            "MB up to target | MB up, packed | round | lora MB / this MB, packed | final dev | "
+            "mean of last 5 rounds | final, lora |",
+            "|---" * 15 + "|"]
     grouped = groups(results)
+
+    def hits(runs: list[dict], metric: str, target: float) -> list[tuple[float, int, float]]:
+        found = [(r, mb_to_target(r["curve"], metric, target)) for r in runs]
+        return [(h[0], h[1], packed_mb(r, h[1])) for r, h in found if h]
+
     for (task, alpha, rounds, method, lev), runs in grouped.items():
         metric, target = TARGETS[task]
-        hits = [mb_to_target(r["curve"], metric, target) for r in runs]
-        reached = [h for h in hits if h]
+        reached = hits(runs, metric, target)
         per_client = statistics.mean(r["bytes_up_per_round"][0] / (r["run_config"]["min-clients"]) for r in runs)
         lora = grouped.get((task, alpha, rounds, "lora", reference_lever(runs[0])), [])
-        lora_hits = [h for h in (mb_to_target(r["curve"], metric, target) for r in lora) if h]
-        ratio = (f"{statistics.mean(h[0] for h in lora_hits) / statistics.mean(h[0] for h in reached):.2f}"
-                 if reached and lora_hits and len(reached) == len(runs) else "-")
+        lora_hits = hits(lora, metric, target)
+        ratio = (f"{statistics.mean(h[2] for h in lora_hits) / statistics.mean(h[2] for h in reached):.2f}"
+                 if reached and len(reached) == len(runs) and lora and len(lora_hits) == len(lora) else "-")
         tail = [statistics.mean(p[metric] for p in r["curve"][-5:]) for r in runs]
         rows.append(
             f"| {task} | {alpha:g} | {rounds} | {method} | {lev} | {','.join(str(r['cell']['seed']) for r in runs)} | "
             f"{round(per_client):,} | {len(reached)}/{len(runs)} | {_ms([h[0] for h in reached])} | "
-            f"{_ms([h[1] for h in reached], '{:.1f}')} | {ratio} | "
+            f"{_ms([h[2] for h in reached])} | {_ms([h[1] for h in reached], '{:.1f}')} | {ratio} | "
             f"{_ms([100 * r['final'][metric] for r in runs], '{:.1f}')} | {_ms([100 * x for x in tail], '{:.1f}')} | "
             f"{_ms([100 * r['final'][metric] for r in lora], '{:.1f}')} |")
     return "\n".join(rows)
 
 
+#: run-config keys that change what a TT method sends
+ADAPTER_KEYS = ("rank", "bottleneck", "adapter-bias", "train-layernorm")
+
+
 @functools.cache
-def packed_bytes_per_client(method: str) -> int:
-    """Uplink bytes of one MiniLM reply with pack-arrays on (the parameter report's ``methods_packed``)."""
+def _packed_bytes(method: str, adapter: tuple) -> int:
+    from fedtt_flwr.config import RunConfig
     from fedtt_flwr.report import param_report
 
-    return param_report("minilm")["methods_packed"][method]["bytes_up_per_round"]
+    cfg = RunConfig.model_validate(dict(adapter)).adapter_config()
+    return param_report("minilm", adapter_config=cfg)["methods_packed"][method]["bytes_up_per_round"]
+
+
+def packed_bytes_per_client(run: dict) -> int:
+    """Uplink bytes of one MiniLM reply of this run's method and adapter settings with pack-arrays on (the
+    parameter report's ``methods_packed``)."""
+    adapter = tuple(sorted((k, v) for k, v in run["overrides"].items() if k in ADAPTER_KEYS))
+    method = run["cell"]["method"]
+    if adapter and method not in ("fedtt", "fedtt+", "adapter"):
+        raise ValueError(f"packed bytes of {method} with {dict(adapter)} are not modelled")
+    return _packed_bytes(method, adapter)
 
 
 #: lower levels than the target, to compare runs that do not all reach it
@@ -143,45 +168,51 @@ def level_table(results: list[dict], min_seeds: int = 3) -> str:
     for (task, alpha, _, method, lev), runs in groups(results).items():
         if len(runs) < min_seeds:
             continue
-        per_round = packed_bytes_per_client(method) * runs[0]["run_config"]["min-clients"] / 1e6
         for metric, level in LEVELS[task]:
             hits = [h for h in (mb_to_target(r["curve"], metric, level) for r in runs) if h]
             mb, rnd, mb_packed = ("-",) * 3
             if hits:
                 mb, rnd = _ms([h[0] for h in hits]), _ms([h[1] for h in hits], "{:.1f}")
-                mb_packed = _ms([h[1] * per_round for h in hits])
+                mb_packed = _ms([packed_mb(runs[0], h[1]) for h in hits])
             rows.append(f"| {task} | {alpha:g} | {method} | {lev} | {len(runs)} | {metric} {level:.2f} | "
                         f"{len(hits)}/{len(runs)} | {mb} | {rnd} | {mb_packed} |")
     return "\n".join(rows)
 
 
 def plots(results: list[dict]) -> list[Path]:
-    """Per (task, alpha, rounds): dev metric against cumulative uplink MB, every method's default settings."""
+    """One plot per setting (task, alpha, rounds, budget): dev metric against cumulative uplink MB with
+    packed messages, one line per seed, for every configuration with 3 seeds or with no lever of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(METHODS, ["C0", "C1", "C2", "C3", "C4", "C5"], strict=True))
-    settings = sorted({k[:3] for k in groups(results) if k[4] == "default"})  # settings with default runs
+    grouped = groups(results)
+    settings = sorted({(*k[:3], reference_lever(runs[0])) for k, runs in grouped.items()})
     written = []
-    for task, alpha, rounds in settings:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+    for task, alpha, rounds, budget in settings:
+        shown = [(k, runs) for k, runs in grouped.items() if (*k[:3], reference_lever(runs[0])) ==
+                 (task, alpha, rounds, budget) and (len(runs) >= 3 or k[4] == budget)]
+        if not shown:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
         metric, target = TARGETS[task]
-        for (t, a, n, method, lev), runs in groups(results).items():
-            if (t, a, n) != (task, alpha, rounds) or lev != "default":
-                continue
-            for i, r in enumerate(runs):
-                ax.plot([p["mb_up"] for p in r["curve"]], [p[metric] for p in r["curve"]], color=colors[method],
-                        alpha=0.8, lw=1.2, label=method if i == 0 else None)
+        for i, ((_, _, _, method, lev), runs) in enumerate(shown):
+            own = "+".join(f"{k}={v}" for k, v in sorted(runs[0]["overrides"].items()) if k not in SHARED)
+            label = f"{method}: {own}" if own else method
+            for j, r in enumerate(runs):
+                ax.plot([packed_mb(r, p["round"]) for p in r["curve"]], [p[metric] for p in r["curve"]],
+                        color=f"C{i}", alpha=0.8, lw=1.2, label=label if j == 0 else None)
         ax.axhline(target, color="k", ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel("cumulative MB up (all clients)")
+        ax.set_xlim(left=0)
+        ax.set_xlabel("cumulative MB up (all clients), packed messages")
         ax.set_ylabel(f"dev {metric}")
-        ax.set_title(f"MiniLM {task.upper()}, 10 clients Dir({alpha:g}), {rounds} rounds (one line per seed)")
+        suffix = "" if budget == "default" else f", {budget}"
+        ax.set_title(f"MiniLM {task.upper()}, 10 clients Dir({alpha:g}), {rounds} rounds{suffix}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append(save_figure(fig, OUT / f"{task}-dir{alpha:g}-r{rounds}.png"))
+        ax.legend(fontsize=7, loc="lower right")
+        name = f"{task}-dir{alpha:g}-r{rounds}" + ("" if budget == "default" else "-" + budget.replace("+", "-"))
+        written.append(save_figure(fig, OUT / f"{name}.png"))
     return written
 
 
