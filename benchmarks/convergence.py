@@ -197,7 +197,7 @@ def plots(results: list[dict]) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(8, 5))
         metric, target = TARGETS[task]
-        for i, ((_, _, _, method, lev), runs) in enumerate(shown):
+        for i, ((_, _, _, method, _), runs) in enumerate(shown):
             own = "+".join(f"{k}={v}" for k, v in sorted(runs[0]["overrides"].items()) if k not in SHARED)
             label = f"{method}: {own}" if own else method
             for j, r in enumerate(runs):
