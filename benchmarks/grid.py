@@ -42,8 +42,10 @@ HETEROGENEITY = (("iid", 0.0), ("dirichlet", 1.0), ("dirichlet", 0.1))
 #: what every federated cell shares (chosen so one cell takes a few minutes on 2 CPU cores)
 #: pack-arrays stays off here: the grid's byte columns were measured unpacked (the packed sizes: docs/results.md
 #: "sizes"; accuracy does not depend on it, aggregation is bit-identical)
+#: pinned, not left to the app's defaults, so that cells run after a default changes stay comparable
 COMMON = {"model": "minilm", "num-server-rounds": 10, "local-steps": 10, "batch-size": 16, "max-length": 64,
-          "lr": 3e-3, "eval-every": 2, "server-opt": "fedavg", "pack-arrays": False}
+          "lr": 3e-3, "eval-every": 2, "server-opt": "fedavg", "pack-arrays": False, "adapter-init": "loretta",
+          "train-layernorm": False, "logit-adjust": 0.0}
 SETTINGS = {  # clients, clients per round
     "device": (10, 5),
     "silo": (3, 3),
