@@ -149,7 +149,8 @@ def run_central(cell: Cell) -> dict:
     batches = math.ceil(train_size / COMMON["batch-size"])
     cfg = FinetuneConfig(model=COMMON["model"], task=cell.task, method=cell.method, data_dir=str(default_data_dir()),
                          train_size=train_size, epochs=central_steps() / batches, max_length=COMMON["max-length"],
-                         batch_size=COMMON["batch-size"], lr=COMMON["lr"], seed=cell.seed, output_dir=str(RUNS))
+                         batch_size=COMMON["batch-size"], lr=COMMON["lr"], seed=cell.seed, output_dir=str(RUNS),
+                         train_layernorm=COMMON["train-layernorm"])
     t0 = time.perf_counter()
     result = finetune(cfg)
     return {"cell": asdict(cell), "finetune_config": cfg.model_dump(), "steps": result["steps"],

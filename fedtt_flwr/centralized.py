@@ -39,6 +39,8 @@ class FinetuneConfig(BaseModel):
     lora_rank: int = Field(8, ge=1)
     adapter_bias: bool = False
     adapter_init: Literal["loretta", "near-identity"] = "loretta"
+    train_layernorm: bool | Literal["weight", "auto"] = Field(
+        "auto", description="LayerNorm gains ('weight'), gains and biases (true) or none; auto: as in the app")
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear warm-up, then linear decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
     seed: int = 0
@@ -53,7 +55,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train = train.select(range(min(cfg.train_size, len(train))))
     dev = load_split(cfg.task, "dev", cfg.data_dir)
     run_cfg = RunConfig(model=cfg.model, task=cfg.task, method=cfg.method, rank=cfg.rank, lora_rank=cfg.lora_rank,
-                        adapter_bias=cfg.adapter_bias, adapter_init=cfg.adapter_init, seed=cfg.seed)
+                        adapter_bias=cfg.adapter_bias, adapter_init=cfg.adapter_init, seed=cfg.seed,
+                        train_layernorm=cfg.train_layernorm)
     model, tokenizer = build_model(run_cfg)
     model.to(device)
     prompts = prompt_task(run_cfg)

@@ -35,6 +35,13 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layernorm_choice(text: str) -> bool | str:
+    choices = {"auto": "auto", "weight": "weight", "true": True, "false": False}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(choices)}")
+    return choices[text.lower()]
+
+
 def _parse_value(text: str):
     import tomllib
 
@@ -188,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--warmup", type=float)
     f.add_argument("--bias", dest="adapter_bias", action="store_const", const=True, help="TT layers with biases")
     f.add_argument("--adapter-init", choices=["loretta", "near-identity"])
+    f.add_argument("--train-layernorm", type=_layernorm_choice, metavar="{auto,weight,true,false}",
+                   help="LayerNorm gains (weight), gains and biases (true) or none (false); auto: as in the app")
     f.add_argument("--max-grad-norm", type=float)
     f.add_argument("--seed", type=int)
     f.add_argument("--device")

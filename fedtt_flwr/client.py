@@ -145,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
     dp = settings_for(cfg, len(data))
     if dp is None:
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
-        shift = label_prior_shift(data["label"], len(get_task(cfg.task).labels), cfg.logit_adjust)
+        shift = label_prior_shift(data["label"], len(get_task(cfg.task).labels), cfg.logit_tau())
         stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
                             max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu, logit_shift=shift)
     else:

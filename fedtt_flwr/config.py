@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -88,9 +88,9 @@ class RunConfig(BaseModel):
     bottleneck: int = Field(64, ge=1)
     adapter_bias: bool = False
     adapter_init: Literal["loretta", "near-identity"] = "loretta"
-    train_layernorm: bool | Literal["weight"] = Field(
-        False, description="fedtt/fedtt+/adapter: also train and send the LayerNorm (RMSNorm) gains ('weight') or "
-                           "gains and biases (true)")
+    train_layernorm: bool | Literal["weight", "auto"] = Field(
+        "auto", description="also train and send the LayerNorm (RMSNorm) gains ('weight') or gains and biases (true); "
+                            "auto: the gains for fedtt/fedtt+ (docs/convergence.md), none for the baselines")
     tensorized_classifier: bool | Literal["auto"] = Field(
         "auto", description="a RoBERTa-style head's classifier.dense as a TT layer (auto: where there is one)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory for "
@@ -134,9 +134,9 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer = sgd)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    logit_adjust: float = Field(
-        0.0, ge=0, description="label-skew loss: add tau * log(local label frequency) to the logits while training "
-                               "(Menon et al. 2021, FedLC); 0: plain cross-entropy")
+    logit_adjust: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="label-skew loss: add tau * log(local label frequency) to the logits while training "
+                            "(Menon et al. 2021, FedLC); 0: plain cross-entropy; auto: 1 without dp, 0 with dp")
     device: str = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -190,7 +190,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _no_prior_under_dp(self) -> RunConfig:
-        if self.logit_adjust > 0 and self.dp != "off":
+        if self.logit_adjust != "auto" and self.logit_adjust > 0 and self.dp != "off":
             raise ValueError("logit-adjust uses the client's label frequencies, which DP-SGD does not account for: "
                              "set logit-adjust = 0 with dp")
         return self
@@ -207,7 +207,21 @@ class RunConfig(BaseModel):
     def adapter_config(self) -> TTAdapterConfig:
         return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
                                dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier,
-                               init=self.adapter_init, train_layernorm=self.train_layernorm)
+                               init=self.adapter_init, train_layernorm=self.layernorm())
+
+    def logit_tau(self) -> float:
+        """The logit-adjustment strength ``tau`` (``auto`` resolved: 1 without DP, 0 with it)."""
+        if self.logit_adjust == "auto":
+            return 0.0 if self.dp != "off" else 1.0
+        return float(self.logit_adjust)
+
+    def layernorm(self) -> bool | Literal["weight"]:
+        """What ``train-layernorm`` means for this run (``auto`` resolved by :func:`auto_layernorm`)."""
+        if self.train_layernorm != "auto":
+            return self.train_layernorm
+        from .methods import prompt_task
+
+        return auto_layernorm(self.method, prompt_scored=prompt_task(self) is not None)
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:
@@ -220,13 +234,25 @@ class RunConfig(BaseModel):
             raise ValueError(format_validation_error(exc, "run config")) from None
 
 
+def auto_layernorm(method: str, prompt_scored: bool = False) -> bool | Literal["weight"]:
+    """``train-layernorm = auto``: the LayerNorm gains for TT adapters with a classification head, where they
+    measured best (MiniLM/SST-2, docs/convergence.md); nothing for the baselines (LoRA did not gain) and for
+    prompt-scored decoders (not measured; the RMSNorm gains double LLaMA-2-7B's TT bytes)."""
+    return "weight" if method in ("fedtt", "fedtt+") and not prompt_scored else False
+
+
 def format_validation_error(exc, what: str) -> str:
-    """One line naming every bad key, its problem and the value given."""
-    parts = []
+    """One line naming every bad key, its problem and the value given. A key that accepts several types
+    (``true``/``false``/``"auto"``) gets one entry listing what each would need."""
+    problems: dict[str, list[str]] = {}
+    given: dict[str, object] = {}
     for e in exc.errors():
-        key = ".".join(str(x) for x in e["loc"]) or what
+        key = str(e["loc"][0]) if e["loc"] else what
         if e["type"] == "extra_forbidden":
-            parts.append(f"'{key}': unknown key")
-        else:
-            parts.append(f"'{key}': {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+            problems.setdefault(key, []).append("unknown key")
+            continue
+        problems.setdefault(key, []).append(e["msg"].removeprefix("Value error, "))
+        given[key] = e.get("input")
+    parts = [f"'{k}': " + " or ".join(dict.fromkeys(msgs)) + (f" (got {given[k]!r})" if k in given else "")
+             for k, msgs in problems.items()]
     return f"invalid {what}: " + "; ".join(parts)

@@ -83,7 +83,7 @@ def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method in LORA_METHODS:
         model = add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=cfg.method == "ffa-lora",
-                         train_layernorm=cfg.train_layernorm)
+                         train_layernorm=cfg.layernorm())
     else:
         add_tt_adapters(model, cfg.adapter_config())
     return model, tokenizer

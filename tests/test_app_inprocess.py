@@ -43,11 +43,12 @@ def test_fedtt_run_writes_the_run_folder(tmp_path, tiny_model_dir, tiny_sst2_dir
     assert config["run_config"]["rank"] == 5 and config["travelling_tensors"] > 0
     state, adapter_cfg, _ = read_adapter(folder / "adapter.safetensors")
     assert len(state) == config["travelling_tensors"]
-    # only adapter tensors and the head ever travel
+    # only adapter tensors, the LayerNorm gains (train-layernorm = auto) and the head ever travel
     for msg in grid.sent:  # packed by default: read the names through the layout
         assert "packed" in msg.content["arrays"]
         for key in msg.content.array_records:
-            assert all(".adapter." in n or n.startswith("classifier.") for n in named_arrays(msg.content, key))
+            assert all(".adapter." in n or n.startswith("classifier.") or n.endswith("LayerNorm.weight")
+                       for n in named_arrays(msg.content, key))
     # one backbone per process, however many clients it served
     assert client_module._session.cache_info().currsize == 1
 
@@ -85,7 +86,8 @@ def test_layernorm_gains_travel_every_round_and_train(tmp_path, tiny_model_dir, 
 
 def test_logit_adjust_reaches_the_clients_loss(tmp_path, tiny_model_dir, tiny_sst2_dir):
     """Same seed, same data: only the clients' loss differs, so the reported training loss must."""
-    _, _, plain = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1})
+    _, _, plain = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1,
+                                                                            "logit-adjust": 0.0})
     _, _, adjusted = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1,
                                                                                "logit-adjust": 1.0})
     assert plain[0]["accuracy"] == adjusted[0]["accuracy"]  # same start

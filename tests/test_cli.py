@@ -93,3 +93,16 @@ def test_params_report_covers_every_method(capsys):
     assert methods["fedtt+"]["bytes_up_per_round"] <= methods["fedtt"]["bytes_up_per_round"] / 2
     assert methods["ffa-lora"]["trainable_params"] == 6 * 2 * 8 * 384 + 770  # B only, plus the head
     assert methods["adapter"]["trainable_params"] == 12 * 2 * 384 * 64 + 770  # dense down + up, no biases
+
+
+def test_finetune_reads_train_layernorm(monkeypatch):
+    import fedtt_flwr.centralized as centralized
+
+    seen = {}
+    monkeypatch.setattr(centralized, "finetune", lambda cfg: seen.setdefault("cfg", cfg) and {})
+    for text, value in (("false", False), ("weight", "weight"), ("True", True)):
+        seen.clear()
+        assert main(["finetune", "--train-layernorm", text]) == 0
+        assert seen["cfg"].train_layernorm == value
+    seen.clear()
+    assert main(["finetune"]) == 0 and seen["cfg"].train_layernorm == "auto"

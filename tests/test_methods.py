@@ -20,7 +20,10 @@ def test_each_methods_travelling_tensors(tiny_model_dir):
     built = {m: build_model(RunConfig(model=str(tiny_model_dir), method=m))[0]
              for m in ("fedtt", "adapter", "lora", "ffa-lora", "rolora")}
     tt = _travelling(built["fedtt"])
-    assert all(".adapter." in n and ".core_" in n for n in tt if "classifier" not in n)
+    # train-layernorm = auto: TT adapters also send the LayerNorm gains, the baselines do not
+    assert all(".adapter." in n and ".core_" in n for n in tt if "classifier" not in n and "LayerNorm" not in n)
+    assert sum(n.endswith("LayerNorm.weight") for n in tt) == 5 and not any(n.endswith("LayerNorm.bias") for n in tt)
+    assert not any("LayerNorm" in n for m in ("adapter", "lora") for n in _travelling(built[m]))
     dense = _travelling(built["adapter"])
     adapters = {n: s for n, s in dense.items() if ".adapter." in n}
     assert len(adapters) == 2 * 2 * 2  # 2 layers x 2 adapters x (down, up) weights, no biases by default
@@ -104,3 +107,16 @@ def test_centralized_reference_trains_each_method(tmp_path, tiny_model_dir, tiny
     assert (adapter_config is None) == (method == "lora") and f"-{method}-" in result["adapter_file"]
     assert any(".lora_B." in n for n in state) == (method == "lora")
     assert result["params"]["travelling"] == sum(v.numel() for v in state.values())
+
+
+def test_train_layernorm_auto_resolves_per_method_and_head(tiny_model_dir, tiny_llama_dir):
+    def resolved(**kw):
+        return RunConfig(**kw).layernorm()
+
+    assert resolved(model=str(tiny_model_dir), method="fedtt") == "weight"
+    assert resolved(model=str(tiny_model_dir), method="fedtt+") == "weight"
+    assert resolved(model=str(tiny_model_dir), method="lora") is False
+    assert resolved(model=str(tiny_model_dir), method="adapter") is False
+    assert resolved(model=str(tiny_model_dir), method="fedtt", train_layernorm=False) is False
+    assert resolved(model=str(tiny_llama_dir), method="fedtt") is False  # prompt-scored decoder: not measured
+    assert resolved(model=str(tiny_llama_dir), method="fedtt", train_layernorm="weight") == "weight"
