@@ -181,7 +181,8 @@ def level_table(results: list[dict], min_seeds: int = 3) -> str:
 
 def plots(results: list[dict]) -> list[Path]:
     """One plot per setting (task, alpha, rounds, budget): dev metric against cumulative uplink MB with
-    packed messages, one line per seed, for every configuration with 3 seeds or with no lever of its own."""
+    packed messages, one line per seed, for every configuration with 3 seeds or with no lever of its own
+    (every configuration where none qualifies)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,8 +192,9 @@ def plots(results: list[dict]) -> list[Path]:
     settings = sorted({(*k[:3], reference_lever(runs[0])) for k, runs in grouped.items()})
     written = []
     for task, alpha, rounds, budget in settings:
-        shown = [(k, runs) for k, runs in grouped.items() if (*k[:3], reference_lever(runs[0])) ==
-                 (task, alpha, rounds, budget) and (len(runs) >= 3 or k[4] == budget)]
+        same = [(k, runs) for k, runs in grouped.items()
+                if (*k[:3], reference_lever(runs[0])) == (task, alpha, rounds, budget)]
+        shown = [(k, runs) for k, runs in same if len(runs) >= 3 or k[4] == budget] or same
         if not shown:
             continue
         fig, ax = plt.subplots(figsize=(8, 5))
