@@ -65,14 +65,15 @@ def build(settings: dict) -> tuple[torch.nn.Module, object]:
     s = dict(settings)
     method, norms, depth = s.pop("method", "fedtt"), s.pop("norms", False), s.pop("depth", None)
     s.pop("lr", None), s.pop("head_lr", None)
+    layernorm = False if norms == "bias" else norms  # biases only: set by hand below
     model, tokenizer = load_model("minilm", "classification", num_labels=2)
     if method == "lora":
-        return add_lora(model, 8, 16.0, train_layernorm=norms if norms != "bias" else False), tokenizer
+        return add_lora(model, 8, 16.0, train_layernorm=layernorm), tokenizer
     shape_rule = tt_module.tt_shape
     if depth:  # MiniLM only (hidden 384, bottleneck 64)
         tt_module.tt_shape = lambda i, o: tuple(_DEPTH_FACTORS[depth][i] + _DEPTH_FACTORS[depth][o])
     try:
-        add_tt_adapters(model, TTAdapterConfig(train_layernorm=norms if norms != "bias" else False, **s))
+        add_tt_adapters(model, TTAdapterConfig(train_layernorm=layernorm, **s))
     finally:
         tt_module.tt_shape = shape_rule
     if norms == "bias":  # biases only: not a config option (it measured no gain), so done by hand here
