@@ -140,17 +140,20 @@ def _packed_bytes(method: str, adapter: tuple) -> int:
     from fedtt_flwr.config import RunConfig
     from fedtt_flwr.report import param_report
 
-    cfg = RunConfig.model_validate(dict(adapter)).adapter_config()
+    cfg = RunConfig.model_validate({**dict(adapter), "method": method}).adapter_config()
     return param_report("minilm", adapter_config=cfg)["methods_packed"][method]["bytes_up_per_round"]
 
 
 def packed_bytes_per_client(run: dict) -> int:
     """Uplink bytes of one MiniLM reply of this run's method and adapter settings with pack-arrays on (the
-    parameter report's ``methods_packed``)."""
-    adapter = tuple(sorted((k, v) for k, v in run["overrides"].items() if k in ADAPTER_KEYS))
+    parameter report's ``methods_packed``). The settings come from the run config the run was given (runs
+    from before ``train-layernorm`` existed sent no norms)."""
+    given = {"train-layernorm": False, **run["run_config"]}
+    adapter = tuple(sorted((k, given[k]) for k in ADAPTER_KEYS if k in given))
     method = run["cell"]["method"]
-    if adapter and method not in ("fedtt", "fedtt+", "adapter"):
-        raise ValueError(f"packed bytes of {method} with {dict(adapter)} are not modelled")
+    if method not in ("fedtt", "fedtt+", "adapter") and given["train-layernorm"] not in (False, "auto"):
+        raise ValueError(f"packed bytes of {method} with train-layernorm={given['train-layernorm']!r} are not "
+                         "modelled")
     return _packed_bytes(method, adapter)
 
 
