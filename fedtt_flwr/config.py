@@ -130,6 +130,10 @@ class RunConfig(BaseModel):
     local_steps: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
+                                "lr * lr-final in the last round (quiets late rounds' client drift)")
+    lr_final: float = Field(0.1, ge=0, le=1, description="lr-schedule=cosine: last round's lr as a fraction of lr")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' local optimizer")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer = sgd)")
     weight_decay: float = Field(0.0, ge=0)
@@ -214,6 +218,13 @@ class RunConfig(BaseModel):
         if self.logit_adjust == "auto":
             return 0.0 if self.dp != "off" else 1.0
         return float(self.logit_adjust)
+
+    def round_lr(self, server_round: int) -> float:
+        """The clients' learning rate in ``server_round`` (1-based) under ``lr-schedule``."""
+        if self.lr_schedule == "constant" or self.num_server_rounds <= 1:
+            return self.lr
+        progress = min(max(server_round - 1, 0) / (self.num_server_rounds - 1), 1.0)
+        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def layernorm(self) -> bool | Literal["weight"]:
         """What ``train-layernorm`` means for this run (``auto`` resolved by :func:`auto_layernorm`)."""

@@ -269,3 +269,13 @@ def test_a_misconfigured_node_replies_with_an_error_and_the_run_goes_on(tmp_path
     lines = [json.loads(x) for x in (tmp_path / "misconfigured" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["replies"], x["errors"]) for x in lines[1:]] == [(2, 1), (2, 1)]
     assert raised and all("partition-id 7 is outside 0..2" in r for r in raised)
+
+
+def test_cosine_lr_schedule_reaches_the_clients(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """lr-final = 0: the last round trains with lr 0, so the global adapters (and the dev loss) stay put."""
+    common = {"num-server-rounds": 2, "lr-final": 0.0}
+    _, _, cosine = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir, **common, **{"lr-schedule": "cosine"})
+    _, _, constant = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, **common)
+    assert cosine[1]["loss"] == pytest.approx(constant[1]["loss"], rel=1e-6)  # round 1: the full lr in both
+    assert cosine[2]["loss"] == pytest.approx(cosine[1]["loss"], rel=1e-5)
+    assert constant[2]["loss"] != pytest.approx(constant[1]["loss"], rel=1e-4)

@@ -150,3 +150,16 @@ def test_logit_adjust_is_refused_with_dp():
         RunConfig.from_flower({"logit-adjust": 1.0, "dp": "sigma"})
     with pytest.raises(ValueError, match="'logit-adjust'"):
         RunConfig.from_flower({"logit-adjust": -1.0})
+
+
+def test_round_lr_follows_the_schedule():
+    from fedtt_flwr.config import RunConfig
+
+    cfg = RunConfig.from_flower({"lr": 0.01, "lr-schedule": "cosine", "lr-final": 0.1, "num-server-rounds": 5})
+    lrs = [cfg.round_lr(r) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
+    assert lrs[2] == pytest.approx(0.0055)  # half way: the mean of the two ends
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert RunConfig.from_flower({"lr": 0.01, "num-server-rounds": 5}).round_lr(5) == 0.01  # constant
+    with pytest.raises(ValueError, match="'lr-final'"):
+        RunConfig.from_flower({"lr-final": 1.5})
