@@ -78,7 +78,7 @@ def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
 
 #: overrides that change the training budget or the loss of every method alike: a run is compared with the
 #: LoRA runs that share them (the other overrides are FedTT's levers)
-SHARED = ("local-steps", "batch-size", "max-length", "logit-adjust")
+SHARED = ("local-steps", "batch-size", "max-length", "logit-adjust", "pooling")
 
 
 def reference_lever(result: dict) -> str:

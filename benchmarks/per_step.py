@@ -32,14 +32,15 @@ from fedtt_flwr.adapters import add_tt_adapters, norm_param_names  # noqa: E402
 from fedtt_flwr.config import TTAdapterConfig  # noqa: E402
 from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
 from fedtt_flwr.methods import add_lora  # noqa: E402
-from fedtt_flwr.models import load_model  # noqa: E402
+from fedtt_flwr.models import load_model, set_mean_pooling  # noqa: E402
 from fedtt_flwr.train import cycle, evaluate, make_loader, tokenize, train_steps  # noqa: E402
 
 OUT = RESULTS / "per_step.jsonl"
 DOC = RESULTS.parents[1] / "docs" / "convergence.md"
 CHECKPOINTS = (100, 250, 500)
 NEAR_ID = {"init": "near-identity"}
-#: name -> (what it changes, settings). ``lr``/``head_lr``/``method``/``depth``/``norms`` are the probe's own;
+#: name -> (what it changes, settings). ``lr``/``head_lr``/``method``/``depth``/``norms``/``pooling`` are the
+#: probe's own (``pooling``: the [CLS] pooler unless "mean");
 #: everything else goes to TTAdapterConfig. ``depth``: 2 or 3 cores per projection instead of 5.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "lora": ("LoRA r=8 on query/value (reference)", {"method": "lora"}),
@@ -57,6 +58,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "tt-ln-weight": ("+ LayerNorm gains only", {"norms": "weight"}),
     "tt-ln-weight-ni-lr1e-2": ("+ LayerNorm gains, near-identity, lr 1e-2", {"norms": "weight", "lr": 0.01,
                                                                               **NEAR_ID}),
+    "lora-mean": ("LoRA r=8, head on mean-pooled tokens", {"method": "lora", "pooling": "mean"}),
+    "tt-ln-weight-mean": ("+ LayerNorm gains, head on mean-pooled tokens", {"norms": "weight", "pooling": "mean"}),
 }
 _DEPTH_FACTORS = {3: {384: [24, 16], 64: [64]}, 2: {384: [384], 64: [64]}}
 
@@ -67,6 +70,8 @@ def build(settings: dict) -> tuple[torch.nn.Module, object]:
     s.pop("lr", None), s.pop("head_lr", None)
     layernorm = False if norms == "bias" else norms  # biases only: set by hand below
     model, tokenizer = load_model("minilm", "classification", num_labels=2)
+    if s.pop("pooling", "cls") == "mean":
+        set_mean_pooling(model)
     if method == "lora":
         return add_lora(model, 8, 16.0, train_layernorm=layernorm), tokenizer
     shape_rule = tt_module.tt_shape

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .adapters import add_tt_adapters, get_adapter_state, set_adapter_state
 from .config import TTAdapterConfig
-from .models import load_model
+from .models import load_model, set_mean_pooling
 
 FORMAT = "fedtt-flwr/adapter/v1"
 
@@ -67,6 +67,9 @@ def load_adapted_model(
     model, tokenizer = load_model(
         name, source.get("task_kind", "classification"), num_labels=source.get("num_labels", 2)
     )
+    if source.get("pooling") == "mean":  # the head was trained on mean-pooled token states
+        set_mean_pooling(model)
+        model.fedtt_source["pooling"] = "mean"
     if source.get("prompt_task"):  # a decoder scoring prompt answers (fedtt_flwr.prompts)
         from .prompts import CandidateScorer, choice_ids, get_prompt
 

@@ -45,8 +45,8 @@ class Session:
 
 #: the run-config keys that decide how the model is built (anything else can change between rounds)
 MODEL_KEYS = ("model", "task", "task_format", "method", "rank", "bottleneck", "adapter_bias", "adapter_init",
-              "train_layernorm", "tensorized_classifier", "lora_rank", "lora_alpha", "seed", "dtype", "device",
-              "gradient_checkpointing")
+              "train_layernorm", "pooling", "tensorized_classifier", "lora_rank", "lora_alpha", "seed", "dtype",
+              "device", "gradient_checkpointing")
 
 
 @functools.lru_cache(maxsize=2)

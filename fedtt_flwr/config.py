@@ -95,6 +95,10 @@ class RunConfig(BaseModel):
         "auto", description="a RoBERTa-style head's classifier.dense as a TT layer (auto: where there is one)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory for "
                                                             "large models, ~30% more compute")
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto", description="what a classification head reads: cls: the model's [CLS] pooler; mean: the masked "
+                            "mean of the token states (BERT family); auto: what a sentence-transformers folder "
+                            "says it was trained with, else cls")
     task_format: Literal["auto", "classifier", "prompt"] = Field(
         "auto", description="classifier: a classification head; prompt: score each label's answer after a prompt "
                             "(decoder LMs); auto: prompt for decoder-only models, else classifier")

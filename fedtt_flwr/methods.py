@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from .adapters import add_tt_adapters, head_param_names, norm_param_names
 from .config import RunConfig
 from .data import get_task
-from .models import load_model, model_config
+from .models import load_model, model_config, set_mean_pooling, trained_pooling
 from .prompts import CandidateScorer, choice_ids, get_prompt, is_decoder_only
 from .report import lora_targets
 
@@ -65,6 +66,16 @@ def prompt_task(cfg: RunConfig) -> str | None:
     return cfg.task if cfg.task_format == "prompt" else None
 
 
+def head_pooling(cfg: RunConfig) -> Literal["cls", "mean"]:
+    """What a classification head reads (``pooling`` resolved): ``auto`` is the masked token mean for a BERT
+    checkpoint whose sentence-transformers folder says it was trained that way, else the [CLS] pooler."""
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    if trained_pooling(cfg.model) == "mean" and model_config(cfg.model).model_type == "bert":
+        return "mean"
+    return "cls"
+
+
 def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The run's model with the method's trainable modules. Seeded, and the same code on the server and
     on every client, so tensors that never travel (FFA-LoRA's A) are identical everywhere. A decoder
@@ -78,6 +89,9 @@ def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         model.fedtt_source = {**hf.fedtt_source, "prompt_task": cfg.task, "num_labels": labels}
     else:
         hf, tokenizer = load_model(cfg.model, "classification", num_labels=labels, dtype=cfg.dtype)
+        if head_pooling(cfg) == "mean":
+            set_mean_pooling(hf)
+            hf.fedtt_source["pooling"] = "mean"
         model = hf
     if cfg.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no gradient
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -9,6 +9,7 @@ Any other name or path goes to ``from_pretrained`` (the hub, or a local folder).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -168,6 +169,47 @@ def load_model(
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+class MaskedMeanPooler(nn.Module):
+    """Stands in for a BERT pooler: the mean of the token states over the attention mask. Sentence-embedding
+    checkpoints (sentence-transformers) were trained to be read this way; their [CLS] pooler was not trained
+    with them, so a head on it starts from weaker features (docs/convergence.md). No parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None  # set by the encoder's pre-hook for each forward
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return hidden_states.mean(dim=1)
+        m = self.mask.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def trained_pooling(name_or_path: str) -> str | None:
+    """How a sentence-transformers folder says its embeddings are read (``"mean"``, ``"cls"``, ...), or None
+    for a plain Hugging Face model."""
+    path = Path(resolve_model_path(name_or_path)) / "1_Pooling" / "config.json"
+    if not path.is_file():
+        return None
+    modes = json.loads(path.read_text())
+    return "mean" if modes.get("pooling_mode_mean_tokens") else "cls" if modes.get("pooling_mode_cls_token") else None
+
+
+def set_mean_pooling(model: nn.Module) -> None:
+    """Make a BERT sequence classifier read the masked mean of its token states instead of the [CLS] pooler."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if getattr(model.config, "model_type", None) != "bert" or getattr(base, "pooler", None) is None:
+        raise ValueError(f"pooling = 'mean' needs a BERT-family sequence classifier with a pooler; "
+                         f"{type(model).__name__} has none (use pooling = 'cls')")
+    pooler = MaskedMeanPooler()
+    base.pooler = pooler
+
+    def take_mask(module, args, kwargs):
+        pooler.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    base.register_forward_pre_hook(take_mask, with_kwargs=True)
 
 
 def pick_device(preference: str = "auto") -> torch.device:

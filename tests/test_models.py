@@ -81,3 +81,61 @@ def test_bf16_backbone_keeps_fp32_adapters():
     with torch.no_grad():
         out = model(**tokenizer(["fine"], return_tensors="pt")).logits
     assert torch.isfinite(out).all()
+
+
+def test_mean_pooling_reads_the_masked_mean_of_the_tokens():
+    from conftest import tiny_model
+
+    from fedtt_flwr.models import MaskedMeanPooler, set_mean_pooling
+
+    model = tiny_model("bert")
+    set_mean_pooling(model)
+    assert isinstance(model.bert.pooler, MaskedMeanPooler)
+    ids = torch.tensor([[2, 7, 8, 3, 0, 0], [2, 9, 10, 11, 12, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        out = model.bert(input_ids=ids, attention_mask=mask)
+        expected = (out.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        assert torch.allclose(out.pooler_output, expected, atol=1e-6)
+        # padding does not move a sentence's logits: alone it gives the same answer as in the batch
+        alone = model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4]).logits
+        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits[:1], alone, atol=1e-5)
+
+
+def test_mean_pooling_elsewhere_is_refused():
+    from conftest import tiny_model
+
+    from fedtt_flwr.models import set_mean_pooling
+
+    with pytest.raises(ValueError, match="pooling = 'mean' needs a BERT-family"):
+        set_mean_pooling(tiny_model("roberta"))
+
+
+def test_sentence_transformers_folders_say_how_they_pool(tmp_path, tiny_model_dir):
+    from fedtt_flwr.models import trained_pooling
+
+    assert trained_pooling("minilm") == "mean"
+    assert trained_pooling(str(tiny_model_dir)) is None
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert trained_pooling(str(tmp_path)) == "cls"
+
+
+def test_minilm_runs_pool_by_mean_and_adapter_files_keep_it(tmp_path, tiny_model_dir):
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.methods import build_model, head_pooling
+    from fedtt_flwr.models import MaskedMeanPooler
+
+    assert head_pooling(RunConfig(model="minilm")) == "mean"
+    assert head_pooling(RunConfig(model=str(tiny_model_dir))) == "cls"  # no sentence-transformers folder
+    assert head_pooling(RunConfig(model="minilm", pooling="cls")) == "cls"
+    model, tokenizer = build_model(RunConfig(model="minilm", method="fedtt"))  # pooling = auto
+    cls_model, _ = build_model(RunConfig(model="minilm", method="fedtt", pooling="cls"))
+    assert isinstance(model.bert.pooler, MaskedMeanPooler)
+    assert not isinstance(cls_model.bert.pooler, MaskedMeanPooler)
+    model.eval()
+    again, _ = load_adapted_model(save_adapter(model, tmp_path / "adapter.safetensors"))
+    assert isinstance(again.bert.pooler, MaskedMeanPooler)
+    inputs = tokenizer(["not bad at all", "dull"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(again(**inputs).logits, model(**inputs).logits, atol=1e-6)
