@@ -23,18 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
-from fedtt_flwr.models import load_model  # noqa: E402
+from fedtt_flwr.models import MaskedMeanPooler, load_model  # noqa: E402
 
 
 def features(model, tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
     out: dict[str, list[torch.Tensor]] = {"cls-pooler": [], "mean": []}
+    mean = MaskedMeanPooler()  # the head `pooling = mean` gives, applied to the same forward pass
     for i in range(0, len(sentences), 64):
         enc = tokenizer(sentences[i:i + 64], truncation=True, max_length=64, padding=True, return_tensors="pt")
         with torch.no_grad():
             h = model.bert(**enc)
-        mask = enc["attention_mask"].unsqueeze(-1).float()
+        mean.mask = enc["attention_mask"]
         out["cls-pooler"].append(h.pooler_output)
-        out["mean"].append((h.last_hidden_state * mask).sum(1) / mask.sum(1))
+        out["mean"].append(mean(h.last_hidden_state))
     return {k: torch.cat(v) for k, v in out.items()}
 
 

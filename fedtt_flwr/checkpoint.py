@@ -69,7 +69,6 @@ def load_adapted_model(
     )
     if source.get("pooling") == "mean":  # the head was trained on mean-pooled token states
         set_mean_pooling(model)
-        model.fedtt_source["pooling"] = "mean"
     if source.get("prompt_task"):  # a decoder scoring prompt answers (fedtt_flwr.prompts)
         from .prompts import CandidateScorer, choice_ids, get_prompt
 

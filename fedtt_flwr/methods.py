@@ -91,7 +91,6 @@ def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         hf, tokenizer = load_model(cfg.model, "classification", num_labels=labels, dtype=cfg.dtype)
         if head_pooling(cfg) == "mean":
             set_mean_pooling(hf)
-            hf.fedtt_source["pooling"] = "mean"
         model = hf
     if cfg.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no gradient
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -210,6 +210,8 @@ def set_mean_pooling(model: nn.Module) -> None:
         pooler.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
     base.register_forward_pre_hook(take_mask, with_kwargs=True)
+    if hasattr(model, "fedtt_source"):  # saved with the adapters, so a reloaded model reads the same way
+        model.fedtt_source["pooling"] = "mean"
 
 
 def pick_device(preference: str = "auto") -> torch.device:
