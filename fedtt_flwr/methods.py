@@ -83,6 +83,10 @@ def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     torch.manual_seed(cfg.seed)
     labels = len(get_task(cfg.task).labels)
     if prompt_task(cfg) is not None:
+        if cfg.pooling == "mean":
+            raise ValueError(f"pooling = 'mean' is for a classification head; {cfg.model} scores prompt answers "
+                             f"with its LM head (task-format = '{cfg.task_format}'): use pooling = 'auto', or "
+                             f"task-format = 'classifier' for a head")
         prompt = get_prompt(cfg.task)  # a task without a template stops here, before the model loads
         hf, tokenizer = load_model(cfg.model, "causal-lm", dtype=cfg.dtype)
         model = CandidateScorer(hf, choice_ids(tokenizer, prompt))

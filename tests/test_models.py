@@ -111,6 +111,14 @@ def test_mean_pooling_elsewhere_is_refused():
         set_mean_pooling(tiny_model("roberta"))
 
 
+def test_mean_pooling_with_a_prompt_scored_decoder_is_refused(tiny_llama_dir):
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.methods import build_model
+
+    with pytest.raises(ValueError, match="pooling = 'mean' is for a classification head"):
+        build_model(RunConfig(model=str(tiny_llama_dir), method="fedtt", pooling="mean"))
+
+
 def test_sentence_transformers_folders_say_how_they_pool(tmp_path, tiny_model_dir):
     from fedtt_flwr.models import trained_pooling
 
