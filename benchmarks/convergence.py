@@ -76,9 +76,9 @@ def _ms(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format((max(values) - min(values)) / 2)}"
 
 
-#: overrides that change the training budget or the loss of every method alike: a run is compared with the
-#: LoRA runs that share them (the other overrides are FedTT's levers)
-SHARED = ("local-steps", "batch-size", "max-length", "logit-adjust", "pooling")
+#: overrides that change the training budget, the loss, the head or the lr schedule of every method alike: a run
+#: is compared with the LoRA runs that share them (the other overrides are FedTT's levers)
+SHARED = ("local-steps", "batch-size", "max-length", "logit-adjust", "pooling", "lr-schedule")
 
 
 def reference_lever(result: dict) -> str:
