@@ -5,7 +5,7 @@ through it and prints, per hidden layer, the mean distance of a sentence's token
 batch mean ("spread": 0 when every sentence maps to the same vector), and per TT adapter the norm of
 what it adds against the norm of what it reads. docs/convergence.md uses it on the Dirichlet 0.1 runs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adapter_outputs.py benchmarks/out/convergence/<run>/adapter.safetensors
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adapter_outputs.py benchmarks/out/convergence/RUN/adapter.safetensors
 """
 
 from __future__ import annotations
