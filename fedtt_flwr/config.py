@@ -140,7 +140,7 @@ class RunConfig(BaseModel):
         "auto", description="the clients' learning rate; auto: 1e-2 for fedtt/fedtt+ with a classification head "
                             "(docs/convergence.md), else 3e-3")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
+        "cosine", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
                                 "lr * lr-final in the last round (quiets late rounds' client drift)")
     lr_final: float = Field(0.1, ge=0, le=1, description="lr-schedule=cosine: last round's lr as a fraction of lr")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' local optimizer")

@@ -250,7 +250,7 @@ def main(grid: Grid, context: Context) -> dict:
                   "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
                   "bytes_down": stats.get("bytes_down", 0),
                   "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
-                  "skipped": stats.get("skipped", False),
+                  "skipped": stats.get("skipped", False), "lr": cfg.round_lr(server_round) if server_round else None,
                   "wire_bytes_up": stats.get("wire_bytes_up", 0), "wire_bytes_down": stats.get("wire_bytes_down", 0)}
         record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean", "round_s", "aggregate_s",
                                              "client_train_s_sum", "client_train_s_max") if k in stats})
