@@ -136,9 +136,7 @@ class RunConfig(BaseModel):
     # local training
     local_steps: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto", description="the clients' learning rate; auto: 1e-2 for fedtt/fedtt+ with a classification head "
-                            "(docs/convergence.md), else 3e-3")
+    lr: float = Field(3e-3, gt=0, description="the clients' learning rate (before lr-schedule)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
                                 "lr * lr-final in the last round (quiets late rounds' client drift)")
@@ -230,7 +228,7 @@ class RunConfig(BaseModel):
 
     def round_lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round`` (1-based) under ``lr-schedule``."""
-        lr = self.learning_rate()
+        lr = self.lr
         if self.lr_schedule == "constant" or self.num_server_rounds <= 1:
             return lr
         progress = min(max(server_round - 1, 0) / (self.num_server_rounds - 1), 1.0)
@@ -238,8 +236,8 @@ class RunConfig(BaseModel):
 
     def tt_classifier(self) -> bool:
         """TT adapters (fedtt/fedtt+) under a classification head: the setting the ``auto`` values of
-        ``adapter-init``, ``lr`` and ``train-layernorm`` were measured in (MiniLM, label skew,
-        docs/convergence.md). Baselines and prompt-scored decoders keep the earlier defaults."""
+        ``adapter-init`` and ``train-layernorm`` were measured in (MiniLM, label skew, docs/convergence.md).
+        Baselines and prompt-scored decoders keep the earlier defaults."""
         from .methods import prompt_task
 
         return self.method in ("fedtt", "fedtt+") and prompt_task(self) is None
@@ -258,17 +256,11 @@ class RunConfig(BaseModel):
             return self.adapter_init
         return "near-identity" if self.tt_classifier() else "loretta"
 
-    def learning_rate(self) -> float:
-        """The clients' base learning rate (``lr``, ``auto`` resolved), before ``lr-schedule``."""
-        if self.lr != "auto":
-            return float(self.lr)
-        return 1e-2 if self.tt_classifier() else 3e-3
-
     def resolved(self) -> dict:
         """The run's ``auto`` settings as they were resolved: logged and written to the run's config.json."""
         from .methods import head_pooling, prompt_task
 
-        return {"lr": self.learning_rate(), "adapter-init": self.init(), "train-layernorm": self.layernorm(),
+        return {"adapter-init": self.init(), "train-layernorm": self.layernorm(),
                 "logit-adjust": self.logit_tau(), "pooling": "prompt" if prompt_task(self) else head_pooling(self)}
 
     @classmethod

@@ -122,17 +122,15 @@ def test_train_layernorm_auto_resolves_per_method_and_head(tiny_model_dir, tiny_
     assert resolved(model=str(tiny_llama_dir), method="fedtt", train_layernorm="weight") == "weight"
 
 
-def test_lr_and_adapter_init_auto_resolve_per_method_and_head(tiny_model_dir, tiny_llama_dir):
+def test_adapter_init_auto_resolves_per_method_and_head(tiny_model_dir, tiny_llama_dir):
     def resolved(**kw):
         cfg = RunConfig(**kw)
-        return cfg.learning_rate(), cfg.init(), cfg.adapter_config().init
+        return cfg.init(), cfg.adapter_config().init
 
-    assert resolved(model=str(tiny_model_dir), method="fedtt") == (1e-2, "near-identity", "near-identity")
-    assert resolved(model=str(tiny_model_dir), method="fedtt+") == (1e-2, "near-identity", "near-identity")
-    assert resolved(model=str(tiny_model_dir), method="lora")[:2] == (3e-3, "loretta")
-    assert resolved(model=str(tiny_llama_dir), method="fedtt") == (3e-3, "loretta", "loretta")  # prompt-scored
-    assert resolved(model=str(tiny_model_dir), method="fedtt", lr=0.02, adapter_init="loretta") == (
-        0.02, "loretta", "loretta")
-    assert RunConfig(model=str(tiny_model_dir), method="lora").round_lr(1) == 3e-3
-    with pytest.raises(ValueError, match="lr"):
-        RunConfig.from_flower({"lr": "fast"})
+    assert resolved(model=str(tiny_model_dir), method="fedtt") == ("near-identity", "near-identity")
+    assert resolved(model=str(tiny_model_dir), method="fedtt+") == ("near-identity", "near-identity")
+    assert resolved(model=str(tiny_model_dir), method="lora")[0] == "loretta"
+    assert resolved(model=str(tiny_llama_dir), method="fedtt") == ("loretta", "loretta")  # prompt-scored
+    assert resolved(model=str(tiny_model_dir), method="fedtt", adapter_init="loretta") == ("loretta", "loretta")
+    with pytest.raises(ValueError, match="adapter-init"):
+        RunConfig.from_flower({"adapter-init": "zeros"})
