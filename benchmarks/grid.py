@@ -45,7 +45,7 @@ HETEROGENEITY = (("iid", 0.0), ("dirichlet", 1.0), ("dirichlet", 0.1))
 #: pinned, not left to the app's defaults, so that cells run after a default changes stay comparable
 COMMON = {"model": "minilm", "num-server-rounds": 10, "local-steps": 10, "batch-size": 16, "max-length": 64,
           "lr": 3e-3, "eval-every": 2, "server-opt": "fedavg", "pack-arrays": False, "adapter-init": "loretta",
-          "train-layernorm": False, "logit-adjust": 0.0, "pooling": "cls"}
+          "train-layernorm": False, "logit-adjust": 0.0, "pooling": "cls", "lr-schedule": "constant"}
 SETTINGS = {  # clients, clients per round
     "device": (10, 5),
     "silo": (3, 3),

@@ -87,7 +87,10 @@ class RunConfig(BaseModel):
     rank: int = Field(5, ge=1)
     bottleneck: int = Field(64, ge=1)
     adapter_bias: bool = False
-    adapter_init: Literal["loretta", "near-identity"] = "loretta"
+    adapter_init: Literal["auto", "loretta", "near-identity"] = Field(
+        "auto", description="how the TT cores start: loretta (LoRETTA's init); near-identity (the adapter starts "
+                            "next to the backbone); auto: near-identity for fedtt/fedtt+ with a classification "
+                            "head (docs/convergence.md), else loretta")
     train_layernorm: bool | Literal["weight", "auto"] = Field(
         "auto", description="also train and send the LayerNorm (RMSNorm) gains ('weight') or gains and biases (true); "
                             "auto: the gains for fedtt/fedtt+ (docs/convergence.md), none for the baselines")
@@ -133,9 +136,9 @@ class RunConfig(BaseModel):
     # local training
     local_steps: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="the clients' learning rate (before lr-schedule)")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
+        "cosine", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
                                 "lr * lr-final in the last round (quiets late rounds' client drift)")
     lr_final: float = Field(0.1, ge=0, le=1, description="lr-schedule=cosine: last round's lr as a fraction of lr")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' local optimizer")
@@ -215,7 +218,7 @@ class RunConfig(BaseModel):
     def adapter_config(self) -> TTAdapterConfig:
         return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
                                dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier,
-                               init=self.adapter_init, train_layernorm=self.layernorm())
+                               init=self.init(), train_layernorm=self.layernorm())
 
     def logit_tau(self) -> float:
         """The logit-adjustment strength ``tau`` (``auto`` resolved: 1 without DP, 0 with it)."""
@@ -225,18 +228,40 @@ class RunConfig(BaseModel):
 
     def round_lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round`` (1-based) under ``lr-schedule``."""
+        lr = self.lr
         if self.lr_schedule == "constant" or self.num_server_rounds <= 1:
-            return self.lr
+            return lr
         progress = min(max(server_round - 1, 0) / (self.num_server_rounds - 1), 1.0)
-        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def layernorm(self) -> bool | Literal["weight"]:
-        """What ``train-layernorm`` means for this run (``auto`` resolved by :func:`auto_layernorm`)."""
-        if self.train_layernorm != "auto":
-            return self.train_layernorm
+    def tt_classifier(self) -> bool:
+        """TT adapters (fedtt/fedtt+) under a classification head: the setting the ``auto`` values of
+        ``adapter-init`` and ``train-layernorm`` were measured in (MiniLM, label skew, docs/convergence.md).
+        Baselines and prompt-scored decoders keep the earlier defaults."""
         from .methods import prompt_task
 
-        return auto_layernorm(self.method, prompt_scored=prompt_task(self) is not None)
+        return self.method in ("fedtt", "fedtt+") and prompt_task(self) is None
+
+    def layernorm(self) -> bool | Literal["weight"]:
+        """What ``train-layernorm`` means for this run: ``auto`` is the LayerNorm gains for TT adapters with a
+        classification head (LoRA did not gain; for decoders the RMSNorm gains would double LLaMA-2-7B's TT
+        bytes, unmeasured), else nothing."""
+        if self.train_layernorm != "auto":
+            return self.train_layernorm
+        return "weight" if self.tt_classifier() else False
+
+    def init(self) -> Literal["loretta", "near-identity"]:
+        """The TT cores' initialization (``adapter-init``, ``auto`` resolved)."""
+        if self.adapter_init != "auto":
+            return self.adapter_init
+        return "near-identity" if self.tt_classifier() else "loretta"
+
+    def resolved(self) -> dict:
+        """The run's ``auto`` settings as they were resolved: logged and written to the run's config.json."""
+        from .methods import head_pooling, prompt_task
+
+        return {"adapter-init": self.init(), "train-layernorm": self.layernorm(),
+                "logit-adjust": self.logit_tau(), "pooling": "prompt" if prompt_task(self) else head_pooling(self)}
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:
@@ -247,13 +272,6 @@ class RunConfig(BaseModel):
             return cls.model_validate(dict(run_config))
         except ValidationError as exc:
             raise ValueError(format_validation_error(exc, "run config")) from None
-
-
-def auto_layernorm(method: str, prompt_scored: bool = False) -> bool | Literal["weight"]:
-    """``train-layernorm = auto``: the LayerNorm gains for TT adapters with a classification head, where they
-    measured best (MiniLM/SST-2, docs/convergence.md); nothing for the baselines (LoRA did not gain) and for
-    prompt-scored decoders (not measured; the RMSNorm gains double LLaMA-2-7B's TT bytes)."""
-    return "weight" if method in ("fedtt", "fedtt+") and not prompt_scored else False
 
 
 def format_validation_error(exc, what: str) -> str:

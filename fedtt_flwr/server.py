@@ -229,7 +229,7 @@ def main(grid: Grid, context: Context) -> dict:
     if note:
         log(INFO, "[fedtt] %s", note)
     (out / "config.json").write_text(json.dumps({
-        "run_config": cfg.model_dump(by_alias=True), "method": cfg.method,
+        "run_config": cfg.model_dump(by_alias=True), "resolved": cfg.resolved(), "method": cfg.method,
         "adapter_config": cfg.adapter_config().model_dump() if cfg.method not in LORA_METHODS else None,
         "travelling_tensors": len(state), "travelling_params": int(sum(t.numel() for t in state.values())),
         "data_note": note, "strategy": type(strategy).__name__, "schedule": repr(strategy.schedule),
@@ -239,8 +239,9 @@ def main(grid: Grid, context: Context) -> dict:
     dev_loader = None if dev is None else make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer,
                                                       cfg.eval_batch_size, False, prompt_task=prompts)
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
-    log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); run folder %s", cfg.method, cfg.model,
-        cfg.task, len(state), sum(t.numel() for t in state.values()), out)
+    log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
+        cfg.task, len(state), sum(t.numel() for t in state.values()),
+        ", ".join(f"{k} {v}" for k, v in cfg.resolved().items()), out)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         stats = strategy.rounds.get(server_round, {})
@@ -249,7 +250,7 @@ def main(grid: Grid, context: Context) -> dict:
                   "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
                   "bytes_down": stats.get("bytes_down", 0),
                   "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
-                  "skipped": stats.get("skipped", False),
+                  "skipped": stats.get("skipped", False), "lr": cfg.round_lr(server_round) if server_round else None,
                   "wire_bytes_up": stats.get("wire_bytes_up", 0), "wire_bytes_down": stats.get("wire_bytes_down", 0)}
         record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean", "round_s", "aggregate_s",
                                              "client_train_s_sum", "client_train_s_max") if k in stats})

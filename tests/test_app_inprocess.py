@@ -275,7 +275,9 @@ def test_cosine_lr_schedule_reaches_the_clients(tmp_path, tiny_model_dir, tiny_s
     """lr-final = 0: the last round trains with lr 0, so the global adapters (and the dev loss) stay put."""
     common = {"num-server-rounds": 2, "lr-final": 0.0}
     _, _, cosine = run_app(tmp_path / "a", tiny_model_dir, tiny_sst2_dir, **common, **{"lr-schedule": "cosine"})
-    _, _, constant = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, **common)
+    _, _, constant = run_app(tmp_path / "b", tiny_model_dir, tiny_sst2_dir, **common, **{"lr-schedule": "constant"})
+    assert [r["lr"] for r in cosine] == [None, 0.01, 0.0]  # metrics.jsonl says which lr each round used
+    assert [r["lr"] for r in constant] == [None, 0.01, 0.01]
     assert cosine[1]["loss"] == pytest.approx(constant[1]["loss"], rel=1e-6)  # round 1: the full lr in both
     assert cosine[2]["loss"] == pytest.approx(cosine[1]["loss"], rel=1e-5)
     assert constant[2]["loss"] != pytest.approx(constant[1]["loss"], rel=1e-4)

@@ -120,3 +120,17 @@ def test_train_layernorm_auto_resolves_per_method_and_head(tiny_model_dir, tiny_
     assert resolved(model=str(tiny_model_dir), method="fedtt", train_layernorm=False) is False
     assert resolved(model=str(tiny_llama_dir), method="fedtt") is False  # prompt-scored decoder: not measured
     assert resolved(model=str(tiny_llama_dir), method="fedtt", train_layernorm="weight") == "weight"
+
+
+def test_adapter_init_auto_resolves_per_method_and_head(tiny_model_dir, tiny_llama_dir):
+    def resolved(**kw):
+        cfg = RunConfig(**kw)
+        return cfg.init(), cfg.adapter_config().init
+
+    assert resolved(model=str(tiny_model_dir), method="fedtt") == ("near-identity", "near-identity")
+    assert resolved(model=str(tiny_model_dir), method="fedtt+") == ("near-identity", "near-identity")
+    assert resolved(model=str(tiny_model_dir), method="lora")[0] == "loretta"
+    assert resolved(model=str(tiny_llama_dir), method="fedtt") == ("loretta", "loretta")  # prompt-scored
+    assert resolved(model=str(tiny_model_dir), method="fedtt", adapter_init="loretta") == ("loretta", "loretta")
+    with pytest.raises(ValueError, match="adapter-init"):
+        RunConfig.from_flower({"adapter-init": "zeros"})

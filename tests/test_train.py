@@ -160,6 +160,6 @@ def test_round_lr_follows_the_schedule():
     assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
     assert lrs[2] == pytest.approx(0.0055)  # half way: the mean of the two ends
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
-    assert RunConfig.from_flower({"lr": 0.01, "num-server-rounds": 5}).round_lr(5) == 0.01  # constant
+    assert RunConfig.from_flower({"lr": 0.01, "lr-schedule": "constant", "num-server-rounds": 5}).round_lr(5) == 0.01
     with pytest.raises(ValueError, match="'lr-final'"):
         RunConfig.from_flower({"lr-final": 1.5})
