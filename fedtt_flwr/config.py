@@ -138,7 +138,7 @@ class RunConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0, description="the clients' learning rate (before lr-schedule)")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "cosine", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
+        "constant", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
                                 "lr * lr-final in the last round (quiets late rounds' client drift)")
     lr_final: float = Field(0.1, ge=0, le=1, description="lr-schedule=cosine: last round's lr as a fraction of lr")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' local optimizer")
