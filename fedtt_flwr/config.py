@@ -228,11 +228,10 @@ class RunConfig(BaseModel):
 
     def round_lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round`` (1-based) under ``lr-schedule``."""
-        lr = self.lr
         if self.lr_schedule == "constant" or self.num_server_rounds <= 1:
-            return lr
+            return self.lr
         progress = min(max(server_round - 1, 0) / (self.num_server_rounds - 1), 1.0)
-        return lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def tt_classifier(self) -> bool:
         """TT adapters (fedtt/fedtt+) under a classification head: the setting the ``auto`` values of

@@ -228,8 +228,9 @@ def main(grid: Grid, context: Context) -> dict:
     dev, note = load_task(cfg.task, cfg.data_dir or None)[1:] if cfg.central_eval else (None, None)
     if note:
         log(INFO, "[fedtt] %s", note)
+    resolved = cfg.resolved()
     (out / "config.json").write_text(json.dumps({
-        "run_config": cfg.model_dump(by_alias=True), "resolved": cfg.resolved(), "method": cfg.method,
+        "run_config": cfg.model_dump(by_alias=True), "resolved": resolved, "method": cfg.method,
         "adapter_config": cfg.adapter_config().model_dump() if cfg.method not in LORA_METHODS else None,
         "travelling_tensors": len(state), "travelling_params": int(sum(t.numel() for t in state.values())),
         "data_note": note, "strategy": type(strategy).__name__, "schedule": repr(strategy.schedule),
@@ -241,7 +242,7 @@ def main(grid: Grid, context: Context) -> dict:
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()),
-        ", ".join(f"{k} {v}" for k, v in cfg.resolved().items()), out)
+        ", ".join(f"{k} {v}" for k, v in resolved.items()), out)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         stats = strategy.rounds.get(server_round, {})
