@@ -11,8 +11,6 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedtt-installed
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install run test lint params finetune clean
@@ -30,12 +28,17 @@ install: $(STAMP)
 
 # A real federated run: MiniLM + TT adapters on SST-2, 10 simulated clients (Dirichlet 0.5), FedTT,
 # through `flwr run` and Flower's Ray simulation engine. ARGS: e.g. ARGS="--set method=fedtt+".
+# The data: data-dir, $FEDTT_DATA_DIR, ../shared/data, else the Hugging Face hub (fetched once). Fully
+# offline: HF_HUB_OFFLINE=1 make run.
 run: $(STAMP)
 	$(PY) -m fedtt_flwr.cli simulate $(ARGS)
 
 finetune: $(STAMP)
 	$(PY) -m fedtt_flwr.cli finetune $(ARGS)
 
+# The suite never touches the network.
+test: export HF_HUB_OFFLINE = 1
+test: export HF_DATASETS_OFFLINE = 1
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)

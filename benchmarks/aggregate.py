@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, machine, publish, write_result  # noqa: E402
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
@@ -30,7 +30,7 @@ from fedtt_flwr.adapters import get_adapter_state  # noqa: E402
 from fedtt_flwr.config import RunConfig  # noqa: E402
 from fedtt_flwr.inprocess import InProcessGrid  # noqa: E402
 from fedtt_flwr.methods import build_model  # noqa: E402
-from strategies import FastFedAvg, FedTT, FedTTPlus, make_schedule, named_arrays, reply_arrays, round_trainable  # noqa: E402
+from strategies import FastFedAvg, FedTT, FedTTPlus, make_schedule, named_arrays, reply_content, round_trainable  # noqa: E402
 
 DOC = RESULTS.parents[1] / "docs" / "performance.md"
 
@@ -52,7 +52,7 @@ def replies_for(strategy: FedTT, state: dict[str, np.ndarray], n: int, seed: int
         trained = ArrayRecord({k: Array(received[k].numpy() + rng.standard_normal(received[k].shape)
                                          .astype(np.float32) * 1e-3) for k in names})
         metrics = MetricRecord({"num-examples": int(rng.integers(50, 100)), "train-loss": 0.5})
-        out.append(Message(RecordDict({"arrays": reply_arrays(msg.content, trained), "metrics": metrics}),
+        out.append(Message(reply_content(msg.content, trained, metrics),
                            reply_to=_delivered(msg)))
     return out
 

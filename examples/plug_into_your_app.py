@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import FedAdam
 from torch import nn
 
 from fedtt_flwr import TTLinear
-from strategies import FedTTPlus, receive_global, round_trainable
+from strategies import FedTTPlus, receive_global, reply_content, round_trainable
 
 
 class Net(nn.Module):
@@ -46,6 +46,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedTTPlus(FedAdam(eta=0.05, min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0))
     result = strategy.start(grid=grid, initial_arrays=to_record(Net()), num_rounds=3, train_config=ConfigRecord())
     context.state["final"] = result.arrays  # handy for a test; a real app would save it
+    context.state["rounds"] = ConfigRecord({"replies": [s["replies"] for s in strategy.rounds.values()],
+                                            "rejected": [s["rejected"] for s in strategy.rounds.values()]})
     print({r: (s["plan"], s["bytes_up"]) for r, s in strategy.rounds.items()})
 
 
@@ -70,8 +72,8 @@ def train(msg: Message, context: Context) -> Message:
         opt.step()
     params = dict(model.named_parameters())
     arrays = ArrayRecord({n: Array(params[n].detach().numpy().copy()) for n in names})
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"loss": loss.item(), "num-examples": 64})}),
-                   reply_to=msg)
+    metrics = MetricRecord({"loss": loss.item(), "num-examples": 64})
+    return Message(reply_content(msg.content, arrays, metrics), reply_to=msg)  # packs if the server packed
 
 
 if __name__ == "__main__":

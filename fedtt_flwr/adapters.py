@@ -35,6 +35,11 @@ DECODER_RULES: tuple[tuple[str, Position], ...] = (
     (r"(^|\.)mlp\.up_proj$", "input"),
     (r"(^|\.)mlp\.down_proj$", "output"),
 )
+#: Rules that place one family's adapters together: a model that matches some rules of a group must match all
+#: of them equally often (one per block), else it would be half-adapted without a word (MPNet: its FFN output
+#: is `output.dense`, its attention output `attention.attn.o`).
+RULE_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3))  # indices into ENCODER_RULES
+DECODER_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2),)
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -115,6 +120,22 @@ def _rules_for(model: nn.Module, placement: str) -> tuple[tuple[str, Position], 
     return DECODER_RULES if is_decoder else ENCODER_RULES
 
 
+def _check_complete(model: nn.Module, rules: tuple[tuple[str, Position], ...],
+                    targets: list[tuple[str, nn.Linear, Position]]) -> None:
+    """Every placement rule of a family that matched at all matched once per block: a partial match is an
+    error naming what is missing, not a model adapted in half of the places the method puts adapters."""
+    counts = [sum(1 for name, _, _ in targets if re.search(pattern, name)) for pattern, _ in rules]
+    for group in DECODER_GROUPS if rules is DECODER_RULES else RULE_GROUPS:
+        found = [counts[i] for i in group]
+        if any(found) and len(set(found)) > 1:
+            most = max(found)
+            missing = [f"'{rules[i][0]}' ({counts[i]} of {most})" for i in group if counts[i] < most]
+            raise ValueError(
+                f"add_tt_adapters: {type(model).__name__} matches only part of the adapter placement: too few "
+                f"modules match {', '.join(missing)}, so some blocks' projections would get no adapter. This "
+                "architecture names its layers differently; it is not supported yet.")
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -176,6 +197,7 @@ def add_tt_adapters(model: nn.Module, config: TTAdapterConfig | None = None) -> 
             f"(placement={config.placement!r}). Looked for module names matching encoder patterns "
             f"{[p for p, _ in ENCODER_RULES]} or decoder patterns {[p for p, _ in DECODER_RULES]}."
         )
+    _check_complete(model, rules, targets)
     for p in model.parameters():
         p.requires_grad_(False)
     if config.tensorized_classifier:  # True or "auto"

@@ -62,18 +62,42 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def app_overrides(items: list[str] | None) -> dict:
-    """``--set`` overrides for a ``flwr run``, checked before anything starts, with absolute paths: flwr
-    runs the apps from the SuperLink's folder."""
+def app_overrides(items: list[str] | None, num_clients: int | None = None, local_data: bool = True) -> dict:
+    """``--set`` overrides for a ``flwr run``, with absolute paths (flwr runs the apps from the SuperLink's
+    folder), the data source resolved (``local_data``: the apps read it on this machine, as in a simulation) and
+    the whole run checked here, before anything starts (:mod:`fedtt_flwr.preflight`)."""
     from .config import RunConfig
-    from .data import default_data_dir
+    from .preflight import preflight
 
     overrides = parse_overrides(items or [])
     overrides["output-dir"] = str(Path(overrides.get("output-dir", "runs")).expanduser().resolve())
-    if not overrides.get("data-dir") and default_data_dir() is not None:
-        overrides["data-dir"] = str(default_data_dir().resolve())
-    RunConfig.from_flower(overrides)  # fail here, before starting anything, on a bad key or value
+    cfg = RunConfig.from_flower(overrides)  # a bad key or value: fail here
+    if local_data or cfg.central_eval:
+        overrides["data-dir"] = str(local_data_dir(cfg.task, cfg.data_dir or None))
+    note = preflight(RunConfig.from_flower(overrides), num_clients)
+    if note:
+        print(f"[fedtt] {note}", flush=True)
     return overrides
+
+
+def local_data_dir(task: str, data_dir: str | None) -> Path:
+    """The folder the apps read ``task`` from: ``data-dir``, ``$FEDTT_DATA_DIR``, ``../shared/data``, else the
+    Hugging Face hub (or its cache) written once into the local layout under ``$FEDTT_CACHE_DIR/data``, so the
+    apps themselves never need the network. No source: one line saying where it looked and how to fix it."""
+    from .data import download, resolve_data_source
+    from .models import cache_dir
+
+    source = resolve_data_source(task, data_dir)
+    if source.kind == "hub":
+        folder = cache_dir() / "data"
+        try:
+            resolve_data_source(task, folder)
+        except FileNotFoundError:
+            print(f"[fedtt] data: fetching {task} from {source.description} into {folder}", flush=True)
+            download([task], folder)
+        source = resolve_data_source(task, folder)
+    print(f"[fedtt] data: {source.description}", flush=True)
+    return source.folder
 
 
 def _results_line(overrides: dict) -> None:
@@ -84,7 +108,7 @@ def _results_line(overrides: dict) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     from .launch import simulate
 
-    overrides = app_overrides(args.set)
+    overrides = app_overrides(args.set, args.num_clients)
     code = simulate(num_supernodes=args.num_clients, run_config=overrides, cpus_per_client=args.cpus_per_client,
                     gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home)
     _results_line(overrides)
@@ -130,7 +154,7 @@ def _deploy(args: argparse.Namespace) -> int:
             print(f"{key}: node {deploy.register_node(key, env, 'fedtt-deploy')}")
         return 0
     if action == "run":
-        overrides = app_overrides(args.set)
+        overrides = app_overrides(args.set, local_data=False)  # the nodes bring their own data
         status = deploy.run_and_wait(env, "fedtt-deploy", overrides, args.timeout)
         _results_line(overrides)
         return 0 if status == "finished:completed" else 1
@@ -143,8 +167,10 @@ def _loopback(args: argparse.Namespace) -> int:
 
     from . import deploy
 
-    overrides = app_overrides(args.set)
-    overrides.setdefault("min-clients", args.nodes)
+    items = list(args.set or [])
+    if not any(item.partition("=")[0].strip() == "min-clients" for item in items):
+        items.append(f"min-clients={args.nodes}")  # every node in every round, unless told otherwise
+    overrides = app_overrides(items, args.nodes)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedtt-deploy-"))
     if not overrides.get("data-dir"):
         raise ValueError("loopback splits a local data folder between its SuperNodes: --set data-dir=/abs/path")
@@ -271,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         from .prompts import is_decoder_only
 
         args.task_kind = "causal-lm" if is_decoder_only(model_config(args.model).model_type) else "classification"
+    from .preflight import NothingToDo
+
     try:
         return args.func(args)
+    except NothingToDo as exc:
+        print(f"[fedtt] {exc}")
+        return 0
     except ValidationError as exc:
         from .config import format_validation_error
 

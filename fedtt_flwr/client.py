@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from strategies.protocol import receive_global, reply_arrays, round_trainable
+from strategies.protocol import receive_global, reply_content, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig
@@ -158,10 +158,10 @@ def train(msg: Message, context: Context) -> Message:
         extra = {"dp-epsilon": epsilon, "dp-noise-multiplier": settings.noise_multiplier}
     extra["train-seconds"] = time.perf_counter() - started
     state = get_adapter_state(sess.model)
-    arrays = reply_arrays(msg.content, ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names}))
+    trained = ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names})
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(data),
                             "steps": cfg.local_steps, **extra})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    return Message(reply_content(msg.content, trained, metrics), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

@@ -121,6 +121,8 @@ class RunConfig(BaseModel):
     fraction_evaluate: float = Field(0.0, ge=0, le=1)
     min_clients: int = Field(2, ge=1, description="fewest clients a round waits for")
     min_replies: int = Field(1, ge=1, description="fewer usable replies than this: the round is skipped")
+    max_examples: int = Field(1_000_000, ge=1, description="the most examples (FedAvg weight) a reply may claim; "
+                                                           "a reply claiming more is rejected")
     round_timeout: float = Field(3600.0, gt=0, description="seconds a round waits for replies; late ones are dropped")
     server_opt: ServerOpt = "fedavg"
     server_lr: float = Field(1.0, gt=0, description="server learning rate (FedAdam/FedYogi/FedAdagrad/FedAvgM)")

@@ -1,18 +1,30 @@
 """The ServerApp and ClientApp driven in one process: no Ray, no SuperLink.
 
 Used by the tests and by the benchmark grid (Ray's per-message overhead dominates on 2 CPU cores).
-Messages are deep-copied on the way in and out, as real serialization would, so no state leaks
-between nodes; ``benchmarks/grid.py --check-flwr`` shows it agrees with `flwr run` for the same seed.
+Messages go through Flower's own serialization on the way in and out (``over_the_wire``), so no state
+leaks between nodes and a reply reaches the server exactly as a real one would (dtypes, raw ``.npy``
+bytes, metadata); ``benchmarks/grid.py --check-flwr`` shows it agrees with `flwr run` for the same seed.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+
+def over_the_wire(message: Message) -> Message:
+    """``message`` as the receiving side gets it: deflated into Flower's transport objects and inflated
+    again (what the SuperLink relays between ServerApp and ClientApp)."""
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+    received = inflate_object_from_contents(message.object_id, contents)
+    received.metadata.__dict__.update({k: v for k, v in message.metadata.__dict__.items()
+                                       if k in ("_message_id", "_src_node_id", "_reply_to_message_id")})
+    return received
 
 
 class InProcessGrid(Grid):
@@ -44,7 +56,7 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for m in messages:
-            m = copy.deepcopy(m)  # no RecordDict shared between nodes, as after real serialization
+            m = over_the_wire(m)  # no RecordDict shared between nodes, as after real serialization
             mid = f"m{next(self._ids)}"
             m.metadata.__dict__["_message_id"] = mid
             m.metadata.__dict__["_src_node_id"] = 1
@@ -56,8 +68,8 @@ class InProcessGrid(Grid):
                 from flwr.app import Error
 
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=m)
-            reply = copy.deepcopy(reply)
             reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+            reply = over_the_wire(reply)
             self._replies[mid] = reply
             ids.append(mid)
         return ids

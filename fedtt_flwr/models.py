@@ -117,7 +117,8 @@ def model_config(name_or_path: str) -> PretrainedConfig:
 
 
 def _cannot_load(name: str, path: str, exc: Exception) -> str:
-    return f"could not load model {name!r} (resolved to {path!r}): {exc}. Offline, use 'minilm', " \
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"could not load model {name!r} (resolved to {path!r}): {first} Offline, use 'minilm', " \
            "'smollm2-135m' or a local folder."
 
 
@@ -215,9 +216,20 @@ def set_mean_pooling(model: nn.Module) -> None:
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else CPU. ``cuda`` without a GPU is an error, not a silent CPU run."""
+    """``auto``: CUDA when present, else CPU. A device that is not there (``cuda`` without a GPU, ``cuda:3`` on
+    two, ``mps`` off a Mac) is an error, not a silent CPU run."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={preference!r} asked for, but torch sees no CUDA device")
-    return torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"device={preference!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise RuntimeError(f"device={preference!r} asked for, but torch sees {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device={preference!r} asked for, but torch has no MPS backend here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={preference!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device

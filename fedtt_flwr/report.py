@@ -32,11 +32,11 @@ def lora_targets(model: nn.Module) -> list[str]:
 
 def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32", packed: bool = False) -> int:
     """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes; ``packed``:
-    for the one flat array a packed reply carries (``pack-arrays``; the uplink carries no layout)."""
-    from strategies.packing import pack
+    for the one flat array a packed reply carries (``pack-arrays``) and its layout digest."""
+    from strategies.packing import digest_bytes, pack
 
     record = ArrayRecord({k: Array(np.zeros(s, dtype=dtype)) for k, s in shapes.items()})
-    return (pack(record)[0] if packed else record).count_bytes()
+    return pack(record)[0].count_bytes() + digest_bytes() if packed else record.count_bytes()
 
 
 def lora_shapes(model: nn.Module, rank: int, targets: list[str]) -> dict[str, tuple[int, ...]]:

@@ -6,6 +6,7 @@ round 0 = the initial adapters), ``adapter.safetensors`` (final global adapters)
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -13,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
     every round) for ``fedtt``, ``adapter``, ``lora`` and ``ffa-lora``."""
     strategy = _strategy(cfg, travelling)
     strategy.min_replies = cfg.min_replies
+    strategy.max_examples = cfg.max_examples
     return strategy
 
 
@@ -86,18 +88,46 @@ def _strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
 
 
 def run_folder(cfg: RunConfig) -> Path:
+    """The run's folder: the one ``resume`` names, else a new one under ``output-dir``; never one that already
+    holds a run (two runs in one folder would interleave their metrics and overwrite each other's files)."""
     if cfg.resume:
         return _resume_folder(cfg)
-    name = cfg.run_name or (
-        f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.method.replace('+', 'plus')}-{cfg.model}-{cfg.task}"
-        f"-{cfg.partition}{cfg.alpha if cfg.partition == 'dirichlet' else ''}-r{cfg.rank}-s{cfg.seed}")
-    path = Path(cfg.output_dir).expanduser().resolve() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    root = Path(cfg.output_dir).expanduser().resolve()
+    if cfg.run_name:
+        path = root / cfg.run_name
+        check_new_folder(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    name = (f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.method.replace('+', 'plus')}-{cfg.model}-{cfg.task}"
+            f"-{cfg.partition}{cfg.alpha if cfg.partition == 'dirichlet' else ''}-r{cfg.rank}-s{cfg.seed}")
+    for attempt in itertools.count(1):  # two runs started in the same second get -2, -3, ...
+        path = root / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def check_new_folder(path: Path) -> None:
+    """A run-name whose folder already holds files belongs to another run."""
+    if path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"run folder {path} already holds a run: choose another run-name, or set "
+                              f'resume = "{path}" to continue that run')
+
+
+def finished_rounds(folder: Path) -> int:
+    """The last round the run in ``folder`` completed (its checkpoint), 0 if none did."""
+    path = folder / CHECKPOINT
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return int(pickle.load(f)["round"])
 
 
 #: keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "num-server-rounds")
+RESUMABLE_CHANGES = ("resume", "num-server-rounds", "run-name", "output-dir")  # resume names the folder
 
 
 def _resume_folder(cfg: RunConfig) -> Path:
@@ -224,6 +254,11 @@ def main(grid: Grid, context: Context) -> dict:
     strategy = build_strategy(cfg, list(state))
 
     out = run_folder(cfg)
+    if cfg.resume and (done := finished_rounds(out)) >= cfg.num_server_rounds:
+        log(INFO, "[fedtt] the run in %s already finished %d round(s) (num-server-rounds = %d): nothing to do; "
+            "raise num-server-rounds to continue it", out, done, cfg.num_server_rounds)
+        summary_file = out / "summary.json"
+        return json.loads(summary_file.read_text()) if summary_file.exists() else {"run_folder": str(out)}
     # the server needs data only for its own dev evaluation: in a deployment it may have none
     dev, note = load_task(cfg.task, cfg.data_dir or None)[1:] if cfg.central_eval else (None, None)
     if note:
@@ -293,7 +328,31 @@ def main(grid: Grid, context: Context) -> dict:
         "final": dict(final) if final is not None else None,
         "total_bytes_up": metrics_log.total_up, "total_bytes_down": metrics_log.total_down,
         "wall_s": round(time.perf_counter() - metrics_log.t0, 1),
+        **round_health(strategy, range(start, cfg.num_server_rounds + 1)),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log(INFO, "[fedtt] done: %s", json.dumps(summary))
+    if summary["problems"]:
+        log(WARNING, "[fedtt] WARNING: %s (metrics.jsonl has them per round)", summary["problems"])
+    if summary["untrained"]:
+        raise RuntimeError(f"no training happened: {summary['problems']}; the run folder {out} keeps what there is")
     return summary
+
+
+def round_health(strategy: FedTT, rounds: range) -> dict:
+    """What went wrong in ``rounds``: skipped rounds, rejected replies and client errors, as a summary line; and
+    whether the run trained at all (every round after the first skipped, or the only one, counts as not)."""
+    stats = [strategy.rounds.get(r, {}) for r in rounds]
+    skipped = [r for r, s in zip(rounds, stats, strict=True) if s.get("skipped")]
+    rejected, errors = sum(s.get("rejected", 0) for s in stats), sum(s.get("errors", 0) for s in stats)
+    problems = []
+    if skipped:
+        problems.append(f"{len(skipped)} of {len(rounds)} rounds skipped (rounds {skipped[:10]}; "
+                        f"{stats[rounds.index(skipped[0])].get('skip_reason', 'no usable replies')})")
+    if rejected:
+        problems.append(f"{rejected} replies rejected")
+    if errors:
+        problems.append(f"{errors} client errors")
+    later = [r for r in rounds if r > 1] or list(rounds)
+    return {"rounds_skipped": skipped, "replies_rejected": rejected, "client_errors": errors,
+            "problems": "; ".join(problems), "untrained": bool(later) and set(later) <= set(skipped)}

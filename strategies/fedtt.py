@@ -20,6 +20,7 @@ holding ``num-examples``. Pure numpy/Flower: no torch.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
@@ -29,10 +30,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedTrimmedAvg, Strategy
 
 from .fedavg import FastFedAvg
-from .packing import LAYOUT_PREFIX, PACKED, as_numpy, pack, unpack
+from .packing import LAYOUT_PREFIX, PACKED, as_numpy, format_layout, layout_digest, pack, unpack
 from .schedules import (
     AllSchedule,
     Schedule,
@@ -43,14 +44,24 @@ from .schedules import (
     trainable_names,
 )
 from .ttsvd import average_tt_layers
+from .validation import (
+    MAX_EXAMPLES,
+    BadReply,
+    Expected,
+    ReplyGate,
+    clean_evaluate_reply,
+    clean_train_reply,
+    common_metrics,
+    expected_of,
+)
 
 #: Names of the tensors that travel by default: TT cores, everything inside an adapter, and common
 #: task-head names. Pass ``include=`` for other naming schemes.
 DEFAULT_INCLUDE = r"(^|\.)core_\d+$|\.adapter\.|^(classifier|score|pre_classifier)\."
 SYNC_KEY = "fedtt-sync"
-#: the largest example count a reply may claim (its FedAvg weight); larger is treated as a bad reply
-MAX_EXAMPLES = 10**9
 PLAN_KEY = "fedtt-plan"
+#: the ConfigRecord of a packed reply: ``{LAYOUT_PREFIX + arrays key: layout_digest(layout, round)}``
+REPLY_KEY = "fedtt-reply"
 
 Include = str | Callable[[str], bool] | Iterable[str] | None
 
@@ -107,18 +118,33 @@ class FedTT(Strategy):
         TT layer becomes the TT-SVD of the weighted mean of the clients' rebuilt matrices
         (:mod:`strategies.ttsvd`); the other tensors still go through ``inner``, which must then be a
         plain FedAvg (a server optimizer's state on the cores would not match the cores sent).
+    max_examples : float
+        The ceiling on a reply's averaging weight (``num-examples``): a reply claiming more is rejected,
+        so one client cannot own the average by claiming a huge dataset.
+
+    Every reply is checked against what the round sent before ``inner`` sees it (:mod:`strategies.validation`):
+    one reply per node, exactly the round's tensors with the global shapes and dtypes (metadata, ``.npy``
+    header and buffer size agreeing), finite values, a plausible weight, one MetricRecord of finite scalars
+    (keys not in every reply are dropped). A bad reply is logged, counted (``rounds[r]["rejected"]``) and left
+    out; it never ends the run. Whatever ``inner`` returns is cast back to the global tensors' dtypes, and a
+    non-finite aggregate skips the round.
     """
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
-                 min_replies: int = 1, average: Literal["cores", "matrices"] = "cores") -> None:
+                 min_replies: int = 1, average: Literal["cores", "matrices"] = "cores",
+                 max_examples: float = MAX_EXAMPLES) -> None:
         if average not in ("cores", "matrices"):
             raise ValueError(f"average must be 'cores' or 'matrices', got {average!r}")
+        if not max_examples >= 1:
+            raise ValueError(f"max_examples must be >= 1, got {max_examples!r}")
         self.average = average
         self.inner = inner if inner is not None else FastFedAvg()
         self.include = _matcher(include)
         self.pack = pack
         self.min_replies = min_replies
-        self.max_examples = MAX_EXAMPLES
+        self.max_examples = max_examples
+        self._train_gate, self._evaluate_gate = ReplyGate(), ReplyGate()
+        self._server_round = 0
         self.schedule: Schedule = AllSchedule()
         self.sync: Literal["full", "delta"] = "full"
         self._global: ArrayRecord | None = None
@@ -213,43 +239,69 @@ class FedTT(Strategy):
     def inner_config_key(self) -> str:
         return getattr(self.inner, "configrecord_key", "config")
 
-    def _unpack_reply(self, msg: Message) -> str | None:
-        """Packed replies come back in the order sent: name them again (or say why they cannot be)."""
-        rec = msg.content.array_records.get(self.arrays_key)
-        if rec is None:
-            return None
-        try:
-            msg.content[self.arrays_key] = unpack(
-                rec, self._layout())
-        except ValueError as exc:
-            return f"packed reply: {exc}"
-        return None
-
     def _layout(self) -> list[tuple[str, tuple[int, ...]]]:
         """``(name, shape)`` of this round's trained tensors, in the order a packed reply holds them."""
         return [(n, tuple(self._global[n].shape)) for n in self._expected]
 
-    def _packed_spec(self) -> tuple[int, set[str]]:
-        """``(values, dtypes)`` a packed reply of this round must have."""
-        return (sum(int(np.prod(self._global[n].shape)) for n in self._expected),
-                {self._global[n].dtype for n in self._expected})
+    def _reply_spec(self) -> list[Expected]:
+        """The tensors a train reply must hold: the round's trained tensors, or their one packed array."""
+        expected = expected_of(self._global, self._expected)
+        if not self.pack:
+            return expected
+        dtypes = {e.dtype for e in expected}
+        if len(dtypes) != 1:
+            raise ValueError(f"pack: the trained tensors must share one dtype, got {sorted(map(str, dtypes))}")
+        return [Expected(PACKED, (sum(int(np.prod(e.shape)) for e in expected),), dtypes.pop())]
 
-    def _packed_problem(self, msg: Message, spec: tuple[int, set[str]]) -> str | None:
-        """Why a packed reply cannot be averaged as it is (None if it can): the flat array must hold the
-        round's tensors (in the order sent), in their dtype, all finite."""
-        rec = msg.content.array_records.get(self.arrays_key)
-        if rec is None:
-            return f"no ArrayRecord '{self.arrays_key}'"
-        if list(rec.keys()) != [PACKED]:
-            return f"packed reply: expected one array named {PACKED!r}, got {list(rec.keys())[:3]}"
-        flat, (want, dtypes) = as_numpy(rec[PACKED]), spec
-        if flat.ndim != 1 or flat.size != want:
-            return f"packed reply: packed array has {flat.size} values, the layout needs {want}"
-        if {str(flat.dtype)} != dtypes:
-            return f"packed reply: dtype {flat.dtype}, expected {sorted(dtypes)}"
-        if not np.isfinite(flat).all():
-            return "packed reply: contains NaN or Inf"
-        return self._weight_problem(msg)
+    @property
+    def weight_key(self) -> str:
+        return getattr(self.inner, "weighted_by_key", "num-examples")
+
+    def _clean_train(self, msg: Message, spec: list[Expected], flat: bool) -> None:
+        """Replace the reply's content by its canonical, verified form, or raise :class:`BadReply`. A packed
+        reply must carry the digest of this round's layout (names, shapes, order and round)."""
+        self._train_gate.admit(msg.metadata.src_node_id)
+        if self.pack:
+            record = msg.content.config_records.get(REPLY_KEY)
+            digest = record.get(LAYOUT_PREFIX + self.arrays_key) if record is not None else None
+            if digest is None:
+                raise BadReply(f"packed reply without its layout digest (ConfigRecord '{REPLY_KEY}'; reply with "
+                               "strategies.reply_content)")
+            if digest != layout_digest(format_layout(self._layout()), self._server_round):
+                raise BadReply("packed reply for other tensors, another order or another round (its layout digest "
+                               "does not match this round's)")
+        content = clean_train_reply(msg.content, self.arrays_key, spec, self.weight_key, self.max_examples)
+        if self.pack and not flat:
+            content[self.arrays_key] = unpack(content[self.arrays_key], self._layout())
+        msg.content = content
+
+    def _reject(self, stats: dict, msg: Message, server_round: int, reason: str, key: str = "rejected") -> None:
+        stats[key] = stats.get(key, 0) + 1
+        log(WARNING, "FedTT: rejected the reply of node %s in round %s: %s", msg.metadata.src_node_id,
+            server_round, reason)
+
+    def _conform(self, agg: ArrayRecord, trained: list[str]) -> dict[str, Array]:
+        """The inner strategy's result for ``trained``, in the global tensors' shapes and dtypes (FedAdam's
+        arithmetic returns float64, for one); ValueError if a tensor is missing, misshapen or not finite."""
+        out = {}
+        for name in trained:
+            if name not in agg:
+                raise ValueError(f"the inner strategy returned no '{name}'")
+            ref, values = self._global[name], as_numpy(agg[name])
+            if values.shape != tuple(ref.shape):
+                raise ValueError(f"the inner strategy returned '{name}' with shape {values.shape}, "
+                                 f"expected {tuple(ref.shape)}")
+            if not np.isfinite(values).all():
+                raise ValueError(f"the inner strategy returned NaN or Inf in '{name}'")
+            dtype = np.dtype(ref.dtype)
+            out[name] = agg[name] if values.dtype == dtype else Array(np.ascontiguousarray(values.astype(dtype)))
+        return out
+
+    def _skip(self, stats: dict, server_round: int, why: str) -> tuple[None, None]:
+        stats["skipped"] = True
+        stats["skip_reason"] = why
+        log(WARNING, "FedTT: round %s skipped, the global adapters stay as they were: %s", server_round, why)
+        return None, None
 
     def _mark_synced(self, replies: list[Message]) -> None:
         for msg in replies:
@@ -258,36 +310,6 @@ class FedTT(Strategy):
                 self._node_synced.pop(node, None)  # it may have lost its copy: resend everything next time
             elif node in self._pending:
                 self._node_synced[node] = self._pending.pop(node)
-
-    def _reject_reason(self, msg: Message) -> str | None:
-        """Why a train reply cannot be aggregated (None if it can)."""
-        arrays = msg.content.array_records
-        if self.arrays_key not in arrays:
-            return f"no ArrayRecord '{self.arrays_key}'"
-        rec = arrays[self.arrays_key]
-        got, want = set(rec.keys()), set(self._expected)
-        if got != want:
-            return f"tensor names differ from the round's (unknown: {sorted(got - want)[:3]}, " \
-                   f"missing: {sorted(want - got)[:3]})"
-        for name in self._expected:
-            arr, ref = rec[name], self._global[name]
-            if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
-                return f"{name}: shape/dtype {tuple(arr.shape)}/{arr.dtype}, expected {tuple(ref.shape)}/{ref.dtype}"
-            if not np.isfinite(as_numpy(arr)).all():
-                return f"{name}: contains NaN or Inf"
-        return self._weight_problem(msg)
-
-    def _weight_problem(self, msg: Message) -> str | None:
-        """The averaging weight (``num-examples`` by default) must be a positive, plausible count: one
-        reply claiming 10^12 examples would otherwise own the average."""
-        key = getattr(self.inner, "weighted_by_key", "num-examples")
-        metrics = [rec for rec in msg.content.metric_records.values() if key in rec]
-        if not metrics:
-            return f"no '{key}' in its MetricRecord"
-        value = metrics[0][key]
-        if isinstance(value, list) or not np.isfinite(value) or value <= 0 or value > self.max_examples:
-            return f"'{key}' is {value!r} (expected a count in 1..{self.max_examples:g})"
-        return None
 
     # ------------------------------------------------------------------ Strategy API
     def configure_train(
@@ -298,6 +320,7 @@ class FedTT(Strategy):
         train, plan, label = self.select(server_round, names)
         frozen = [n for n in names if n not in set(train)]
         self._expected = train
+        self._server_round = server_round
         if plan is not None:
             config[PLAN_KEY] = plan
         stats = self._round(server_round)
@@ -307,6 +330,7 @@ class FedTT(Strategy):
         self._travelling = names
         messages = self.inner.configure_train(server_round, _subset(arrays, names), config, grid)
         messages = self._finalise(messages, server_round, train, frozen)
+        self._train_gate.open(m.metadata.dst_node_id for m in messages)
         stats["clients"] = len(messages)
         return messages
 
@@ -315,62 +339,73 @@ class FedTT(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         stats = self._round(server_round)
+        stats.setdefault("rejected", 0)
         # FastFedAvg averages whatever it gets, key by key: packed replies can be averaged as they are (one
         # flat array each, unpacked once afterwards), and frozen tensors need not be filled in
         fast = type(self.inner) is FastFedAvg
         flat = fast and self.pack
-        spec = self._packed_spec() if flat else None
-        valid = []
+        spec = self._reply_spec()
+        accepted, errors = [], []
         for msg in replies:
             if msg.has_error():
-                valid.append(msg)  # the inner strategy logs and drops error replies itself
+                errors.append(msg)  # the inner strategy logs and drops error replies itself
                 continue
             stats["bytes_up"] += record_bytes(msg.content)
-            if flat:
-                reason = self._packed_problem(msg, spec)
-            else:
-                reason = (self._unpack_reply(msg) if self.pack else None) or self._reject_reason(msg)
-            if reason is None:
-                valid.append(msg)
-            else:
-                stats["rejected"] += 1
-                log(WARNING, "FedTT: rejected the reply of node %s in round %s: %s",
-                    msg.metadata.src_node_id, server_round, reason)
+            try:
+                self._clean_train(msg, spec, flat)
+            except (BadReply, ValueError) as exc:
+                self._reject(stats, msg, server_round, str(exc))
+                continue
+            accepted.append(msg)
         self._mark_synced(replies)
-        stats["replies"] = sum(not m.has_error() for m in valid)
-        stats["errors"] = sum(m.has_error() for m in replies)
-        epsilons = _reply_metric(valid, "dp-epsilon")
+        dropped = common_metrics(accepted)
+        if dropped:
+            log(WARNING, "FedTT: round %s: metric keys not sent by every reply were dropped: %s", server_round,
+                dropped[:5])
+        stats["replies"], stats["errors"] = len(accepted), len(errors)
+        epsilons = _reply_metric(accepted, "dp-epsilon")
         if epsilons:  # local DP: what the clients of this round have spent so far
             stats["dp_epsilon_max"], stats["dp_epsilon_mean"] = max(epsilons), float(np.mean(epsilons))
-        seconds = _reply_metric(valid, "train-seconds")
+        seconds = _reply_metric(accepted, "train-seconds")
         if seconds:  # where a round's time goes: local training vs everything else
             stats["client_train_s_sum"], stats["client_train_s_max"] = float(sum(seconds)), max(seconds)
-        if stats["replies"] < max(self.min_replies, 1):
-            stats["skipped"] = True
-            log(WARNING, "FedTT: %d usable repl%s in round %s (fewer than min_replies=%d): round skipped, the "
-                "global adapters stay as they were", stats["replies"], "y" if stats["replies"] == 1 else "ies",
-                server_round, self.min_replies)
-            return None, None
+        if len(accepted) < max(self.min_replies, 1):
+            return self._skip(stats, server_round, f"{len(accepted)} usable repl{'y' if len(accepted) == 1 else 'ies'}"
+                                                   f" (fewer than min_replies={self.min_replies})")
+        self._warn_untrimmed(stats, server_round, len(accepted))
         trained = set(self._expected)
-        for msg in ([] if fast else valid):  # canonical order; frozen tensors filled in from the global copy
-            if not msg.has_error():
-                rec = msg.content[self.arrays_key]
-                msg.content[self.arrays_key] = ArrayRecord(
-                    {n: rec[n] if n in trained else self._global[n] for n in self._travelling})
-        agg, metrics = self.inner.aggregate_train(server_round, valid)
-        stats["train_metrics"] = dict(metrics) if metrics else {}
-        if agg is None:
-            return None, metrics
-        if flat:
-            agg = unpack(agg, self._layout())
-        if self.average == "matrices":
-            agg = self._average_matrices(agg, [m for m in valid if not m.has_error()], flat)
+        for msg in ([] if fast else accepted):  # canonical order; frozen tensors filled in from the global copy
+            rec = msg.content[self.arrays_key]
+            msg.content[self.arrays_key] = ArrayRecord(
+                {n: rec[n] if n in trained else self._global[n] for n in self._travelling})
+        try:
+            agg, metrics = self.inner.aggregate_train(server_round, accepted + errors)
+            stats["train_metrics"] = dict(metrics) if metrics else {}
+            if agg is None:
+                return self._skip(stats, server_round, f"{type(self.inner).__name__} returned no aggregate")
+            if flat:
+                agg = unpack(agg, self._layout())
+            if self.average == "matrices":
+                agg = self._average_matrices(agg, accepted, flat)
+            updated = self._conform(agg, self._expected)
+        except Exception as exc:  # noqa: BLE001 - whatever the inner strategy raises, the run goes on
+            return self._skip(stats, server_round, f"aggregation failed: {type(exc).__name__}: {exc}")
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
-        merged = ArrayRecord({n: (agg[n] if n in trained and n in agg else a) for n, a in self._global.items()})
+        merged = ArrayRecord({n: updated.get(n, a) for n, a in self._global.items()})
         for n in trained:
             self._version[n] += 1
         self._global = merged
         return merged, metrics
+
+    def _warn_untrimmed(self, stats: dict, server_round: int, replies: int) -> None:
+        """FedTrimmedAvg cuts ``int(beta * n)`` replies from each end: with few replies that is none, and the
+        "robust" average is a plain mean. Say so rather than let it pass silently."""
+        beta = getattr(self.inner, "beta", None) if isinstance(self.inner, FedTrimmedAvg) else None
+        if beta is not None and int(beta * replies) == 0:
+            stats["untrimmed"] = True
+            log(WARNING, "FedTT: round %s: FedTrimmedAvg with beta %g trims nothing from %d replies (it needs at "
+                "least %d): this round is a plain mean", server_round, beta, replies,
+                math.ceil(1 / beta) if beta > 0 else 0)
 
     def _average_matrices(self, agg: ArrayRecord, replies: list[Message], flat: bool) -> ArrayRecord:
         """``agg`` with every TT layer's cores replaced by the TT-SVD of the mean rebuilt matrix."""
@@ -395,15 +430,32 @@ class FedTT(Strategy):
         self._track_versions(arrays)
         names = self.travelling(arrays)
         messages = self.inner.configure_evaluate(server_round, _subset(arrays, names), config, grid)
-        if self.sync == "full":
-            return self._finalise(messages, server_round, names, [])
-        return self._finalise(messages, server_round, [], names)
+        messages = self._finalise(messages, server_round, *((names, []) if self.sync == "full" else ([], names)))
+        self._evaluate_gate.open(m.metadata.dst_node_id for m in messages)
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        stats = self._round(server_round)
         self._mark_synced(replies)
-        metrics = self.inner.aggregate_evaluate(server_round, replies)
-        self._round(server_round)["evaluate_metrics"] = dict(metrics) if metrics else {}
+        accepted = []
+        for msg in replies:
+            if not msg.has_error():
+                try:
+                    self._evaluate_gate.admit(msg.metadata.src_node_id)
+                    msg.content = clean_evaluate_reply(msg.content, self.weight_key, self.max_examples)
+                except BadReply as exc:
+                    self._reject(stats, msg, server_round, str(exc), key="evaluate_rejected")
+                    continue
+            accepted.append(msg)
+        common_metrics([m for m in accepted if not m.has_error()])
+        try:
+            metrics = self.inner.aggregate_evaluate(server_round, accepted)
+        except Exception as exc:  # noqa: BLE001 - a failed evaluation never ends the run
+            log(WARNING, "FedTT: round %s: federated evaluation not aggregated: %s: %s", server_round,
+                type(exc).__name__, exc)
+            metrics = None
+        stats["evaluate_metrics"] = dict(metrics) if metrics else {}
         return metrics
 
     def summary(self) -> None:

@@ -1,15 +1,16 @@
 """The client's half of the FedTT/FedTT+ message protocol, in numpy/Flower terms (no torch).
 
 Any ClientApp can use these functions to take part in a FedTT or FedTT+ run: ``receive_global`` and
-``round_trainable`` on the way in, ``reply_arrays`` on the way out (it packs when the server packed).
+``round_trainable`` on the way in, ``reply_content`` on the way out (it packs when the server packed, and
+then adds the digest of the packed layout the server checks).
 """
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from .fedtt import PLAN_KEY, SYNC_KEY
-from .packing import LAYOUT_PREFIX, pack, parse_layout, unpack
+from .fedtt import PLAN_KEY, REPLY_KEY, SYNC_KEY
+from .packing import LAYOUT_PREFIX, layout_digest, pack, parse_layout, unpack
 from .schedules import decode_plan, trainable_names
 
 CACHE_KEY = "fedtt-global"
@@ -64,5 +65,19 @@ def named_arrays(content: RecordDict, key: str = "arrays", config_key: str = "co
 
 def reply_arrays(content: RecordDict, trained: ArrayRecord, arrays_key: str = "arrays",
                  config_key: str = "config") -> ArrayRecord:
-    """What to send back: ``trained`` (in the order received), packed when the server packed."""
+    """The tensors to send back: ``trained`` (in the order received), packed when the server packed. A packed
+    reply also needs its layout digest: use :func:`reply_content`, which adds it."""
     return trained if _layout(content, arrays_key, config_key) is None else pack(trained)[0]
+
+
+def reply_content(content: RecordDict, trained: ArrayRecord, metrics: MetricRecord, arrays_key: str = "arrays",
+                  config_key: str = "config") -> RecordDict:
+    """The whole train reply: ``trained`` (packed when the server packed), ``metrics`` (with ``num-examples``)
+    and, when packed, the digest of what was packed in which order for which round, so a server can tell a
+    reply in another order or from another round from a good one."""
+    if _layout(content, arrays_key, config_key) is None:
+        return RecordDict({arrays_key: trained, "metrics": metrics})
+    packed, layout = pack(trained)
+    server_round = int(content[config_key].get("server-round", 0))
+    digest = ConfigRecord({LAYOUT_PREFIX + arrays_key: layout_digest(layout, server_round)})
+    return RecordDict({arrays_key: packed, "metrics": metrics, REPLY_KEY: digest})

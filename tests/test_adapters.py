@@ -94,6 +94,18 @@ def test_unsupported_architecture_names_what_it_looked_for():
         add_tt_adapters(model)
 
 
+def test_a_partial_placement_is_an_error_naming_what_is_missing():
+    """MPNet's FFN output is `output.dense` (matched) but its attention output is `attention.attn.o` (not): half
+    the method's adapters would be silently missing."""
+    from transformers import AutoModelForSequenceClassification, MPNetConfig
+
+    model = AutoModelForSequenceClassification.from_config(MPNetConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99))
+    with pytest.raises(ValueError, match=r"MPNetForSequenceClassification matches only part.*attention\\.output"
+                                         r".*\(0 of 2\)"):
+        add_tt_adapters(model, TTAdapterConfig())
+
+
 def test_adding_twice_is_an_error():
     model = add_tt_adapters(tiny_model("bert"))
     with pytest.raises(ValueError, match="already has TT adapters"):

@@ -185,13 +185,19 @@ def test_a_client_that_fails_every_round_leaves_the_others_to_finish(tmp_path, t
     assert [(x["clients"], x["replies"], x["errors"], x["skipped"]) for x in lines[1:]] == [(4, 3, 1, False)] * 3
     assert lines[-1]["accuracy"] is not None
 
-    # demanding all 4 replies: every round is skipped and the adapters stay as initialised
+    assert json.loads((tmp_path / "flaky" / "summary.json").read_text())["problems"] == "3 client errors"
+
+    # demanding all 4 replies: every round is skipped and the adapters stay as initialised; a run that never
+    # trained fails (not a silent "completed"), and says why in its summary
     strict = {**run_config, "run-name": "strict", "min-replies": 4}
-    server_app(InProcessGrid(flaky, 4, strict),
-               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=strict))
+    with pytest.raises(RuntimeError, match=r"no training happened: 3 of 3 rounds skipped"):
+        server_app(InProcessGrid(flaky, 4, strict),
+                   Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=strict))
     lines = [json.loads(x) for x in (tmp_path / "strict" / "metrics.jsonl").read_text().splitlines()]
     assert [x["skipped"] for x in lines[1:]] == [True] * 3
     assert [x["accuracy"] for x in lines[1:]] == [lines[0]["accuracy"]] * 3
+    summary = json.loads((tmp_path / "strict" / "summary.json").read_text())
+    assert summary["untrained"] and summary["rounds_skipped"] == [1, 2, 3] and "min_replies=4" in summary["problems"]
 
 
 class _CrashInRound(InProcessGrid):
@@ -281,3 +287,39 @@ def test_cosine_lr_schedule_reaches_the_clients(tmp_path, tiny_model_dir, tiny_s
     assert cosine[1]["loss"] == pytest.approx(constant[1]["loss"], rel=1e-6)  # round 1: the full lr in both
     assert cosine[2]["loss"] == pytest.approx(cosine[1]["loss"], rel=1e-5)
     assert constant[2]["loss"] != pytest.approx(constant[1]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("opt", ["fedadam", "fedyogi", "fedadagrad"])
+@pytest.mark.parametrize("method", ["fedtt", "fedtt+"])
+def test_server_optimizers_train_in_every_round(tmp_path, tiny_model_dir, tiny_sst2_dir, method, opt):
+    """FedAdam & co. used to return float64 tensors: round 1 trained, every later reply was rejected (fedtt), or
+    packing crashed (fedtt+), and the run still ended "completed"."""
+    from safetensors.numpy import load_file
+
+    _, folder, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{
+        "method": method, "server-opt": opt, "server-lr": 0.01, "num-server-rounds": 3, "local-steps": 2})
+    assert [(x["replies"], x["rejected"], x["skipped"]) for x in lines[1:]] == [(3, 0, False)] * 3
+    assert all(a.dtype == np.float32 for a in load_file(str(folder / "adapter.safetensors")).values())
+    assert json.loads((folder / "summary.json").read_text())["problems"] == ""
+
+
+def test_a_run_folder_is_never_shared(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.server import run_folder
+
+    run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1})
+    before = (tmp_path / "runs" / "test" / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="already holds a run: choose another run-name, or set resume"):
+        run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1})
+    assert (tmp_path / "runs" / "test" / "metrics.jsonl").read_text() == before
+    cfg = RunConfig(output_dir=str(tmp_path / "auto"))  # two runs started in the same second: two folders
+    assert run_folder(cfg) != run_folder(cfg)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1})
+    folder = tmp_path / "runs" / "test"
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1, "resume": str(folder)})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    assert json.loads((folder / "summary.json").read_text())["final"] is not None

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from fedtt_flwr.cli import main
 
 
@@ -106,3 +108,59 @@ def test_finetune_reads_train_layernorm(monkeypatch):
         assert seen["cfg"].train_layernorm == value
     seen.clear()
     assert main(["finetune"]) == 0 and seen["cfg"].train_layernorm == "auto"
+
+
+def _no_start(monkeypatch):
+    import fedtt_flwr.launch as launch
+
+    monkeypatch.setattr(launch, "simulate", lambda **kw: (_ for _ in ()).throw(AssertionError("started")))
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ('device="tpu"', "device='tpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
+    ('device="cuda:7"', "torch sees"),
+    ('method="fedtt+" --set schedule="fixed:99"', "schedule = 'fixed:99' does not fit"),
+    ('model="/no/such/model"', "could not load model '/no/such/model'"),
+    ('server-opt="fedtrimmedavg"', "trims nothing from the 3 replies a round expects"),
+    ('output-dir="/proc/no-such-dir"', "output-dir '/proc/no-such-dir' is not writable"),
+])
+def test_simulate_checks_the_run_before_starting_anything(capsys, monkeypatch, tiny_model_dir, tiny_sst2_dir,
+                                                          setting, message):
+    """Found by the ServerApp these took a SuperLink and Ray start (35-45 s) and a 60-line traceback."""
+    _no_start(monkeypatch)
+    args = ["simulate", "--num-clients", "3", "--set", f'model="{tiny_model_dir}"', "--set",
+            f'data-dir="{tiny_sst2_dir}"', "--set", "output-dir=\"/tmp/fedtt-preflight\""]
+    for part in setting.split(" --set "):
+        args += ["--set", part]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_simulate_refuses_a_run_name_in_use_and_a_finished_resume_does_nothing(capsys, monkeypatch, tmp_path,
+                                                                              tiny_model_dir, tiny_sst2_dir):
+    from fedtt_flwr.inprocess import run_inprocess
+
+    config = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "output-dir": str(tmp_path),
+              "num-server-rounds": 1, "local-steps": 1, "max-length": 16, "run-name": "done", "min-clients": 2}
+    run_inprocess(config, num_nodes=2)
+    _no_start(monkeypatch)
+    base = ["simulate", "--set", f'model="{tiny_model_dir}"', "--set", f'data-dir="{tiny_sst2_dir}"',
+            "--set", f'output-dir="{tmp_path}"', "--set", "num-server-rounds=1", "--set", "local-steps=1",
+            "--set", "max-length=16"]
+    assert main([*base, "--set", 'run-name="done"']) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*base, "--set", f'resume="{tmp_path / "done"}"']) == 0
+    assert "already finished 1 round(s)" in capsys.readouterr().out
+
+
+def test_a_bad_data_file_is_named_before_starting_anything(capsys, monkeypatch, tmp_path, tiny_model_dir):
+    folder = tmp_path / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad \xff film\t0\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    _no_start(monkeypatch)
+    assert main(["simulate", "--set", f'model="{tiny_model_dir}"', "--set", f'data-dir="{tmp_path}"',
+                 "--set", f'output-dir="{tmp_path / "runs"}"']) == 2
+    err = capsys.readouterr().err
+    assert "train.tsv" in err and "line 3" in err

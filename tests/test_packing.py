@@ -69,19 +69,3 @@ def test_packed_run_equals_unpacked_run_with_fewer_bytes(tmp_path, tiny_model_di
         report = param_report(str(tiny_model_dir), adapter_config=RunConfig(model=str(tiny_model_dir)).adapter_config())
         assert packed_lines[1]["bytes_up"] == 2 * report["methods_packed"]["fedtt"]["bytes_up_per_round"]
         assert plain_lines[1]["bytes_up"] == 2 * report["methods"]["fedtt"]["bytes_up_per_round"]
-
-
-def test_a_packed_reply_of_the_wrong_size_is_rejected():
-    from flwr.app import Message, MetricRecord, RecordDict
-
-    from strategies import FedTT
-
-    strategy = FedTT(pack=True, include=lambda n: True)
-    strategy._global = ArrayRecord({"w": Array(np.ones(4, np.float32))})
-    strategy._version = {"w": 0}
-    strategy._expected = strategy._travelling = ["w"]
-    reply = Message(RecordDict({"arrays": ArrayRecord({"packed": Array(np.ones(3, np.float32))}),
-                                "metrics": MetricRecord({"num-examples": 5})}), dst_node_id=1, message_type="train")
-    reply.metadata.__dict__["_src_node_id"] = 7
-    reason = strategy._unpack_reply(reply)
-    assert reason == "packed reply: packed array has 3 values, the layout needs 4"

@@ -31,6 +31,7 @@ from strategies import (
     decode_plan,
     make_schedule,
     receive_global,
+    reply_content,
     round_trainable,
 )
 
@@ -51,7 +52,8 @@ def global_record(seed: int = 0) -> ArrayRecord:
 
 
 def numpy_client(num_examples=lambda node: 10 * (node - 100), delta=lambda node: float(node - 100)):
-    """Receives the global copy, 'trains' by adding a node-specific constant, replies the trained names."""
+    """Receives the global copy, 'trains' by adding a node-specific constant, replies the trained names in
+    float32 whatever it received (as the real ClientApp does: its model is float32), packed when asked."""
 
     def app(msg: Message, context) -> Message:
         node = context.node_id
@@ -60,9 +62,9 @@ def numpy_client(num_examples=lambda node: 10 * (node - 100), delta=lambda node:
             context.state["seen"] = ConfigRecord({"names": list(received.keys())})
             return Message(RecordDict({"metrics": MetricRecord({"loss": 1.0, "num-examples": 5})}), reply_to=msg)
         names = round_trainable(msg.content)
-        out = ArrayRecord({n: Array(received[n].numpy() + delta(node)) for n in names})
+        out = ArrayRecord({n: Array((received[n].numpy() + delta(node)).astype(np.float32)) for n in names})
         metrics = MetricRecord({"train-loss": 0.5, "num-examples": num_examples(node)})
-        return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
+        return Message(reply_content(msg.content, out, metrics), reply_to=msg)
 
     return app
 
@@ -305,15 +307,20 @@ def test_strategies_do_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
 
 
-def test_the_plug_in_example_runs_and_keeps_the_body_at_home():
+def test_the_plug_in_example_runs_and_keeps_the_body_at_home(caplog):
     import torch
     from flwr.app import Context
 
-    from examples.plug_into_your_app import Net, client_app, server_app, to_record
+    example = load_example()
+    Net, client_app, server_app, to_record = example.Net, example.client_app, example.server_app, example.to_record
 
     grid = InProcessGrid(client_app, 3)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    server_app(grid, context)
+    with caplog.at_level("WARNING"):
+        server_app(grid, context)
+    assert "FedTT: rejected" not in caplog.text and "FedTT: round" not in caplog.text  # FedAdam in FedTT+: all trained
+    rounds = context.state["rounds"]
+    assert list(rounds["replies"]) == [3, 3, 3] and list(rounds["rejected"]) == [0, 0, 0]
     final = context.state["final"]
     torch.manual_seed(0)
     initial = to_record(Net())
@@ -323,17 +330,27 @@ def test_the_plug_in_example_runs_and_keeps_the_body_at_home():
         assert all(not n.startswith("body.") for rec in msg.content.array_records.values() for n in rec)
 
 
+def load_example():
+    """examples/plug_into_your_app.py by path: opacus installs a top-level package named `examples` too."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "plug_into_your_app.py"
+    spec = importlib.util.spec_from_file_location("plug_into_your_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def noisy_client(msg: Message, context) -> Message:
     """Adds node- and round-seeded noise to the round's tensors; replies packed when the server packed."""
-    from strategies import reply_arrays
-
     received = receive_global(msg.content, context.state)
     rnd = int(msg.content["config"]["server-round"])
     rng = np.random.default_rng(1000 * rnd + context.node_id)
     out = ArrayRecord({n: Array(received[n].numpy() + rng.standard_normal(received[n].shape).astype(np.float32))
                        for n in round_trainable(msg.content)})
     metrics = MetricRecord({"train-loss": 0.5, "num-examples": int(rng.integers(5, 50))})
-    return Message(RecordDict({"arrays": reply_arrays(msg.content, out), "metrics": metrics}), reply_to=msg)
+    return Message(reply_content(msg.content, out, metrics), reply_to=msg)
 
 
 @pytest.mark.parametrize("plus", [False, True])

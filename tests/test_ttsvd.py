@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from test_strategies import LAYERS, run
 
 from fedtt_flwr.config import RunConfig
-from strategies import FastFedAvg, FedTT, receive_global, reply_arrays, round_trainable
+from strategies import FastFedAvg, FedTT, receive_global, reply_content, round_trainable
 from strategies.ttsvd import average_tt_layers, tt_full, tt_svd
 
 
@@ -70,8 +70,8 @@ def last_core_client(seen: dict):
             out[n] = (a + rng.normal(size=a.shape).astype(a.dtype)) if moves else a.copy()
         seen[context.node_id] = (out, context.node_id - 100)
         metrics = MetricRecord({"num-examples": context.node_id - 100})
-        arrays = reply_arrays(msg.content, ArrayRecord({n: Array(a) for n, a in out.items()}))
-        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        trained = ArrayRecord({n: Array(a) for n, a in out.items()})
+        return Message(reply_content(msg.content, trained, metrics), reply_to=msg)
 
     return app
 

@@ -1,0 +1,108 @@
+"""Everything about a run that can be checked before a SuperLink and Ray start (seconds, not a minute).
+
+A bad model name, device, FedTT+ schedule, output folder or data file found by the ServerApp costs a
+SuperLink start, Ray's start and a 60-line traceback; found here it is one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .config import RunConfig
+
+
+class NothingToDo(Exception):
+    """``resume`` names a run that already finished all its rounds: not an error, and nothing to start."""
+
+
+def check_output(cfg: RunConfig) -> None:
+    """``output-dir`` is writable, a new ``run-name`` is free, and ``resume`` names a run that can go on."""
+    from .server import _resume_folder, check_new_folder, finished_rounds
+
+    if cfg.resume:
+        folder = _resume_folder(cfg)
+        done = finished_rounds(folder)
+        if done >= cfg.num_server_rounds:
+            raise NothingToDo(f"the run in {folder} already finished {done} round(s) (num-server-rounds = "
+                              f"{cfg.num_server_rounds}): nothing to do; raise num-server-rounds to continue it")
+        return
+    root = Path(cfg.output_dir).expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".fedtt-write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output-dir {str(root)!r} is not writable: {exc.strerror or exc}") from None
+    if cfg.run_name:
+        check_new_folder(root / cfg.run_name)
+
+
+def check_device(cfg: RunConfig) -> None:
+    from .models import pick_device
+
+    try:
+        pick_device(cfg.device)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_model(cfg: RunConfig) -> None:
+    """The model resolves (offline: a bundled name, the local cache or a folder) and its FedTT+ schedule fits
+    the TT layers it will get. Builds the adapted architecture on the meta device: no weights are read."""
+    from strategies.schedules import cores_per_layer, make_schedule
+
+    from .methods import LORA_METHODS, prompt_task
+    from .models import build_empty_model, model_config
+
+    try:
+        model_config(cfg.model)
+    except OSError as exc:
+        raise ValueError(f"model = {cfg.model!r}: {exc}") from None
+    if cfg.method in LORA_METHODS:
+        return
+    from .adapters import add_tt_adapters
+
+    kind = "causal-lm" if prompt_task(cfg) else "classification"
+    model = add_tt_adapters(build_empty_model(cfg.model, kind), cfg.adapter_config())  # placement errors too
+    if cfg.method != "fedtt+":
+        return
+    schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
+    for cores in sorted(set(cores_per_layer(model.fedtt_state_names).values())):
+        try:
+            schedule.cores(1, cores)
+        except ValueError as exc:
+            raise ValueError(f"schedule = {cfg.schedule!r} does not fit {cfg.model}'s TT layers "
+                             f"({cores} cores each): {exc}") from None
+
+
+def check_data(cfg: RunConfig) -> str | None:
+    """The task's data is there and parses (a bad file is named with its line); returns the load note."""
+    from .data import load_task
+
+    if not cfg.central_eval:
+        return None  # the server reads no data; each node checks its own
+    return load_task(cfg.task, cfg.data_dir or None)[2]
+
+
+def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:
+    """FedTrimmedAvg trims ``int(trim-beta * replies)`` from each end: with the round's expected replies that
+    may be none, and the run would silently be FedAvg."""
+    if cfg.server_opt != "fedtrimmedavg" or not num_clients:
+        return
+    sampled = max(int(num_clients * cfg.fraction_train), cfg.min_clients)
+    if int(cfg.trim_beta * sampled) == 0:
+        raise ValueError(f"server-opt = 'fedtrimmedavg' with trim-beta = {cfg.trim_beta} trims nothing from the "
+                         f"{sampled} replies a round expects (it cuts int(trim-beta * replies) from each end): raise "
+                         f"trim-beta to at least {1 / sampled:.3g}, sample more clients, or use server-opt = "
+                         "'fedmedian'")
+
+
+def preflight(cfg: RunConfig, num_clients: int | None = None) -> str | None:
+    """Run every check; the first failure raises one ValueError/FileNotFoundError naming the setting.
+    Returns the data note (e.g. a dev file split into train and test), if any."""
+    check_output(cfg)
+    check_device(cfg)
+    check_aggregation(cfg, num_clients)
+    check_model(cfg)
+    return check_data(cfg)
