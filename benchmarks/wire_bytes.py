@@ -15,21 +15,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import write_result  # noqa: E402
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedtt_flwr.adapters import get_adapter_state  # noqa: E402
 from fedtt_flwr.config import RunConfig  # noqa: E402
 from fedtt_flwr.methods import build_model  # noqa: E402
 from fedtt_flwr.server import wire_bytes  # noqa: E402
-from strategies.packing import pack  # noqa: E402
+from strategies import record_bytes, reply_content  # noqa: E402
+from strategies.packing import LAYOUT_PREFIX, pack  # noqa: E402
 
 METHODS = ("fedtt", "lora", "ffa-lora", "adapter")
 
 
-def reply(arrays: ArrayRecord) -> Message:
+def reply(arrays: ArrayRecord, packed: bool) -> Message:
+    """The reply a ClientApp sends (``reply_content``: packed with its layout digest when the server packed)."""
+    config = ConfigRecord({"server-round": 1})
+    if packed:
+        config[LAYOUT_PREFIX + "arrays"] = pack(arrays)[1]
     metrics = MetricRecord({"num-examples": 6735, "train-loss": 0.5})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), dst_node_id=1, message_type="train")
+    content = reply_content(RecordDict({"config": config}), arrays, metrics)
+    return Message(content, dst_node_id=1, message_type="train")
 
 
 def measure(method: str) -> dict:
@@ -40,10 +46,10 @@ def measure(method: str) -> dict:
     state = {n: rng.standard_normal(t.shape).astype(np.float32) for n, t in get_adapter_state(model).items()
              if n in trained}
     record = ArrayRecord({n: Array(v) for n, v in state.items()})
-    packed, _ = pack(record)
+    plain, packed = reply(record, False), reply(record, True)
     return {"tensors": len(state), "values": int(sum(v.size for v in state.values())),
-            "counted": record.count_bytes(), "wire": wire_bytes(reply(record)),
-            "counted_packed": packed.count_bytes(), "wire_packed": wire_bytes(reply(packed))}
+            "counted": record_bytes(plain.content), "wire": wire_bytes(plain),
+            "counted_packed": record_bytes(packed.content), "wire_packed": wire_bytes(packed)}
 
 
 def main() -> None:

@@ -9,12 +9,13 @@ managed local SuperLink outlives the command. This launcher therefore:
 3. runs ``flwr run <app> <connection> --stream`` with the federation and run config given;
 4. polls ``flwr ls --format json`` until the run is ``finished:*`` and returns 0 only for
    ``finished:completed``;
-5. stops the SuperLink it started (by PID, with its process group), whatever happened.
+5. stops the SuperLink it started (by PID, with every process group under it), whatever happened; a
+   watchdog process (:mod:`fedtt_flwr.watchdog`) does it if this one dies first (``kill -9``, a closed
+   terminal, the OOM killer).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from . import watchdog
 
 OFFLINE_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -120,56 +123,35 @@ def run_and_wait(env: dict, connection: str, run_config: dict | None = None, tim
     return wait_for_run(env, connection, started, timeout)
 
 
-def _process_groups_under(pid: int) -> set[int]:
-    """Process groups of ``pid`` and all its descendants. The SuperLink's superexec starts the
-    simulation in a session of its own, so killing the SuperLink's group alone leaves Ray running."""
-    try:
-        out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid="], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {pid}
-    children: dict[int, list[tuple[int, int]]] = {}
-    for line in out.splitlines():
-        p, pp, pg = (int(x) for x in line.split())
-        children.setdefault(pp, []).append((p, pg))
-    groups, todo = {pid}, [pid]
-    while todo:
-        for child, group in children.get(todo.pop(), []):
-            groups.add(group)
-            todo.append(child)
-    groups.discard(os.getpgrp())  # never our own
-    return groups
-
-
-def _killpgs(groups: set[int], sig: int) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-
-
 def _stop(proc: subprocess.Popen) -> None:
     """Stop the SuperLink we started and every process group under it (superexec, the simulation, Ray)."""
-    groups = _process_groups_under(proc.pid)
-    if proc.poll() is None:
-        _killpgs(groups, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-    _killpgs(groups, signal.SIGKILL)  # whatever is left, the SuperLink included
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+    watchdog.stop_tree(proc.pid, lambda: proc.poll() is None)
 
 
-def _exit_on_sigterm():
-    """Turn SIGTERM (a job scheduler, `kill PID`) into SystemExit so the SuperLink and Ray get stopped;
-    Python's default would end the process at once and leave them running. Returns the old handler."""
+def _exit_on_signals(signals: tuple[str, ...] = ("SIGTERM", "SIGHUP")) -> dict[int, object]:
+    """Turn SIGTERM (a job scheduler, `kill PID`) and SIGHUP (a closed terminal) into SystemExit so the
+    SuperLink and Ray get stopped; Python's default would end the process at once and leave them running.
+    Returns the previous handlers, for :func:`_restore_signals`; none outside the main thread."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def _raise(signum, frame):
         raise SystemExit(128 + signum)
 
-    return signal.signal(signal.SIGTERM, _raise)
+    return {sig: signal.signal(sig, _raise) for sig in (getattr(signal, n) for n in signals if hasattr(signal, n))}
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    for sig, handler in previous.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _exit_on_sigterm():
+    """SIGTERM only (:func:`_exit_on_signals`); returns the old handler (or None)."""
+    return _exit_on_signals(("SIGTERM",)).get(signal.SIGTERM)
 
 
 def simulate(
@@ -196,12 +178,15 @@ def simulate(
            "--control-api-address", f"127.0.0.1:{_free_port()}", "--fleet-api-address", f"127.0.0.1:{_free_port()}",
            "--disable-runtime-dependency-installation", "--database", str(home / "state.db")]
     print(f"[fedtt] starting a simulation SuperLink on 127.0.0.1:{port} (FLWR_HOME={home})", flush=True)
-    with open(log_file, "w") as log:
-        link = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(home))
     ok = False
-    previous = _exit_on_sigterm()
+    link = guard = None
+    previous = _exit_on_signals()
     try:
+        with open(log_file, "w") as log:
+            link = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=str(home))
+        # if this process dies without its finally (kill -9), the watchdog stops the SuperLink's tree
+        guard = watchdog.start(link.pid, expect="flower-superlink", grace=5.0, env=env, log_file=home / "watchdog.log")
         _wait_port(port, link)
         fed = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} " \
               f"client-resources-num-gpus={gpus_per_client}"
@@ -213,9 +198,11 @@ def simulate(
         ok = False
         raise
     finally:
-        _stop(link)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if link is not None:
+            _stop(link)
+        if guard is not None:
+            watchdog.release(guard)  # only now: had _stop failed or been killed, the watchdog would finish it
+        _restore_signals(previous)
         if ok and not flwr_home and os.environ.get("FEDTT_KEEP_FLWR_HOME") != "1":
             shutil.rmtree(home, ignore_errors=True)
     return 0 if ok else 1
