@@ -100,10 +100,13 @@ WORDS = [
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def save_tiny_bert(folder: Path) -> Path:
     """A tiny random BERT with a real (word-level) tokenizer, saved like a hub folder."""
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     torch.manual_seed(0)
@@ -115,10 +118,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sst2_dir(tmp_path_factory) -> Path:
+    return save_tiny_sst2(tmp_path_factory.mktemp("data"))
+
+
+def save_tiny_sst2(root: Path) -> Path:
     """A small SST-2-style data folder whose labels are readable from the words."""
     import random
 
-    root = tmp_path_factory.mktemp("data")
     (root / "glue" / "SST-2").mkdir(parents=True)
     rng = random.Random(0)
     pos, neg, filler = WORDS[:6], WORDS[6:12], WORDS[12:]
