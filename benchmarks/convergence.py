@@ -138,9 +138,11 @@ ADAPTER_KEYS = ("rank", "bottleneck", "adapter-bias", "train-layernorm")
 @functools.cache
 def _packed_bytes(method: str, adapter: tuple) -> int:
     from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.methods import resolve
     from fedtt_flwr.report import param_report
 
-    cfg = RunConfig.model_validate({**dict(adapter), "method": method}).adapter_config()
+    run = RunConfig.model_validate({**dict(adapter), "method": method})
+    cfg = resolve(run).adapter_config(run)
     return param_report("minilm", adapter_config=cfg)["methods_packed"][method]["bytes_up_per_round"]
 
 

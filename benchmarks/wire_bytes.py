@@ -23,7 +23,8 @@ from fedtt_flwr.config import RunConfig  # noqa: E402
 from fedtt_flwr.methods import build_model  # noqa: E402
 from fedtt_flwr.server import wire_bytes  # noqa: E402
 from strategies import record_bytes, reply_content  # noqa: E402
-from strategies.packing import LAYOUT_PREFIX, pack  # noqa: E402
+from strategies.packing import pack  # noqa: E402
+from strategies.wire import LAYOUT_PREFIX  # noqa: E402
 
 METHODS = ("fedtt", "lora", "ffa-lora", "adapter")
 

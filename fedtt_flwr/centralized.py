@@ -16,7 +16,7 @@ from .adapters import count_parameters
 from .checkpoint import save_adapter
 from .config import RunConfig
 from .data import load_split
-from .methods import build_model, prompt_task
+from .methods.build import build_model, prompt_task
 from .models import pick_device
 from .train import cycle, evaluate, make_loader, tokenize, train_steps
 

@@ -15,25 +15,26 @@ import numpy as np
 import torch
 from datasets import Dataset
 from datasets.utils.logging import disable_progress_bar
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from strategies.protocol import receive_global, reply_content, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
-from .config import RunConfig
+from .config import RunConfig, model_key
 from .data import PartitionSpec, check_partition_id, get_task, load_task, make_partitioner
-from .methods import build_model, prompt_task
+from .methods.build import build_model, prompt_task
+from .methods.registry import get_method
 from .models import pick_device
-from .privacy import check_budget, dp_train_steps, load_history, save_history, settings_for
+from .privacy import check_budget, dp_train_steps, settings_for
 from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
 disable_progress_bar()  # one bar per client and round drowns the run log
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: methods whose server may send only the frozen tensors that changed (clients keep a copy)
-STATEFUL_METHODS = ("fedtt+", "rolora")
+#: Context.state keys: the node's privacy accounting, and a personalised method's local tensors
+DP_KEY, LOCAL_KEY = "fedtt-dp", "fedtt-local"
 
 
 @dataclass
@@ -41,25 +42,34 @@ class Session:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
-
-
-#: the run-config keys that decide how the model is built (anything else can change between rounds)
-MODEL_KEYS = ("model", "task", "task_format", "method", "rank", "bottleneck", "adapter_bias", "adapter_init",
-              "train_layernorm", "pooling", "tensorized_classifier", "lora_rank", "lora_alpha", "seed", "dtype",
-              "device", "gradient_checkpointing")
+    local_init: dict[str, torch.Tensor]  # a personalised method's local tensors as built (a node's first round)
 
 
 @functools.lru_cache(maxsize=2)
-def _session(model_key: tuple) -> Session:
-    cfg = RunConfig(**dict(zip(MODEL_KEYS, model_key, strict=True)))
+def _session(key: tuple) -> Session:
+    cfg = RunConfig(**dict(key))
     model, tokenizer = build_model(cfg)
     dev = pick_device(cfg.device)
-    return Session(model.to(dev), tokenizer, dev)
+    params = dict(model.named_parameters())
+    return Session(model.to(dev), tokenizer, dev, {n: params[n].detach().clone() for n in model.fedtt_local_names})
 
 
 def session(cfg: RunConfig) -> Session:
     """The process-wide model for this run config (built on first use, then reused)."""
-    return _session(tuple(getattr(cfg, k) for k in MODEL_KEYS))
+    return _session(model_key(cfg))
+
+
+def load_history(state: RecordDict) -> list[tuple[float, float, int]]:
+    """The node's DP-SGD rounds so far: ``(sigma, q, steps)`` each (its privacy accountant's input)."""
+    if DP_KEY not in state:
+        return []
+    rec = state[DP_KEY]
+    return list(zip(rec["sigma"], rec["q"], rec["steps"], strict=True))
+
+
+def save_history(state: RecordDict, history: list[tuple[float, float, int]]) -> None:
+    state[DP_KEY] = ConfigRecord({"sigma": [float(h[0]) for h in history], "q": [float(h[1]) for h in history],
+                                  "steps": [int(h[2]) for h in history]})
 
 
 @functools.lru_cache(maxsize=2)
@@ -117,9 +127,27 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
 
 
 def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Session) -> None:
-    cache = context.state if cfg.method in STATEFUL_METHODS and cfg.sync == "delta" else None
+    """The global tensors of this message (and the node's copy of the frozen ones), and a personalised method's
+    local tensors: this node's own from its Context state, or as built in its first round."""
+    method = get_method(cfg.method)
+    cache = context.state if method.rounds != "all" and cfg.sync == "delta" else None
     received = receive_global(msg.content, cache)
     set_adapter_state(sess.model, {n: a.numpy() for n, a in received.items()})
+    if sess.local_init:
+        stored = context.state.array_records.get(LOCAL_KEY)
+        values = {n: torch.from_numpy(stored[n].numpy()) for n in stored} if stored is not None else sess.local_init
+        params = dict(sess.model.named_parameters())
+        with torch.no_grad():
+            for n in sess.local_init:
+                params[n].copy_(values[n])
+
+
+def _save_local(context: Context, sess: Session) -> None:
+    """A personalised method's local tensors after training: they stay on this node, for its next round."""
+    if sess.local_init:
+        params = dict(sess.model.named_parameters())
+        context.state[LOCAL_KEY] = ArrayRecord(
+            {n: Array(np.ascontiguousarray(params[n].detach().cpu().numpy())) for n in sess.local_init})
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -134,7 +162,7 @@ def train(msg: Message, context: Context) -> Message:
     params = dict(sess.model.named_parameters())
     for n in sess.model.fedtt_state_names:
         params[n].requires_grad_(n in names)
-    trainable = [params[n] for n in names]
+    trainable = [params[n] for n in [*names, *sess.local_init]]
     server_round = int(msg.content["config"].get("server-round", 0))
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
     torch.manual_seed(seed)
@@ -157,6 +185,7 @@ def train(msg: Message, context: Context) -> Message:
         save_history(context.state, [*history, step])
         extra = {"dp-epsilon": epsilon, "dp-noise-multiplier": settings.noise_multiplier}
     extra["train-seconds"] = time.perf_counter() - started
+    _save_local(context, sess)
     state = get_adapter_state(sess.model)
     trained = ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names})
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(data),

@@ -66,7 +66,6 @@ class TTAdapterConfig(BaseModel):
         return self.shape
 
 
-Method = Literal["fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter"]
 Partition = Literal["iid", "dirichlet", "pathological"]
 ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian", "fedtrimmedavg"]
 
@@ -83,7 +82,8 @@ class RunConfig(BaseModel):
     model: str = "minilm"
     task: str = "sst2"
     data_dir: str = Field("", description="absolute folder laid out like shared/data; empty: auto / hub")
-    method: Method = "fedtt"
+    method: str = Field("fedtt", description="a registered method (fedtt_flwr.methods): fedtt, fedtt+, adapter, "
+                                             "lora, ffa-lora, rolora, ...")
     rank: int = Field(5, ge=1)
     bottleneck: int = Field(64, ge=1)
     adapter_bias: bool = False
@@ -179,6 +179,15 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
         return v
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from .methods.registry import method_names
+
+        if v not in method_names():
+            raise ValueError(f"unknown method {v!r}; known: {', '.join(method_names())}")
+        return v
+
     @field_validator("schedule")
     @classmethod
     def _known_schedule(cls, v: str) -> str:
@@ -217,11 +226,6 @@ class RunConfig(BaseModel):
             raise ValueError(f"folder {v!r} does not exist")
         return v
 
-    def adapter_config(self) -> TTAdapterConfig:
-        return TTAdapterConfig(rank=self.rank, bottleneck=self.bottleneck, bias=self.adapter_bias,
-                               dense=self.method == "adapter", tensorized_classifier=self.tensorized_classifier,
-                               init=self.init(), train_layernorm=self.layernorm())
-
     def logit_tau(self) -> float:
         """The logit-adjustment strength ``tau`` (``auto`` resolved: 1 without DP, 0 with it)."""
         if self.logit_adjust == "auto":
@@ -235,35 +239,6 @@ class RunConfig(BaseModel):
         progress = min(max(server_round - 1, 0) / (self.num_server_rounds - 1), 1.0)
         return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def tt_classifier(self) -> bool:
-        """TT adapters (fedtt/fedtt+) under a classification head: the setting the ``auto`` values of
-        ``adapter-init`` and ``train-layernorm`` were measured in (MiniLM, label skew, docs/convergence.md).
-        Baselines and prompt-scored decoders keep the earlier defaults."""
-        from .methods import prompt_task
-
-        return self.method in ("fedtt", "fedtt+") and prompt_task(self) is None
-
-    def layernorm(self) -> bool | Literal["weight"]:
-        """What ``train-layernorm`` means for this run: ``auto`` is the LayerNorm gains for TT adapters with a
-        classification head (LoRA did not gain; for decoders the RMSNorm gains would double LLaMA-2-7B's TT
-        bytes, unmeasured), else nothing."""
-        if self.train_layernorm != "auto":
-            return self.train_layernorm
-        return "weight" if self.tt_classifier() else False
-
-    def init(self) -> Literal["loretta", "near-identity"]:
-        """The TT cores' initialization (``adapter-init``, ``auto`` resolved)."""
-        if self.adapter_init != "auto":
-            return self.adapter_init
-        return "near-identity" if self.tt_classifier() else "loretta"
-
-    def resolved(self) -> dict:
-        """The run's ``auto`` settings as they were resolved: logged and written to the run's config.json."""
-        from .methods import head_pooling, prompt_task
-
-        return {"adapter-init": self.init(), "train-layernorm": self.layernorm(),
-                "logit-adjust": self.logit_tau(), "pooling": "prompt" if prompt_task(self) else head_pooling(self)}
-
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:
         """Validate Flower's flattened run config; raise one ValueError naming every bad key."""
@@ -273,6 +248,23 @@ class RunConfig(BaseModel):
             return cls.model_validate(dict(run_config))
         except ValidationError as exc:
             raise ValueError(format_validation_error(exc, "run config")) from None
+
+
+#: run-config keys that never change how the model is built: everything else does (a new key rebuilds the
+#: client's cached model until it is listed here, never the other way round)
+TRAINING_KEYS = frozenset({
+    "data_dir", "schedule", "schedule_middle", "sync", "tt_average", "pack_arrays", "num_server_rounds",
+    "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "max_examples", "round_timeout",
+    "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",
+    "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
+    "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
+    "eval_every", "eval_batch_size", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon", "dp_delta",
+    "output_dir", "run_name", "resume"})
+
+
+def model_key(cfg: RunConfig) -> tuple:
+    """What decides the model a config builds: every field but :data:`TRAINING_KEYS`, as a hashable tuple."""
+    return tuple((k, getattr(cfg, k)) for k in RunConfig.model_fields if k not in TRAINING_KEYS)
 
 
 def format_validation_error(exc, what: str) -> str:

@@ -52,20 +52,21 @@ def check_model(cfg: RunConfig) -> None:
     the TT layers it will get. Builds the adapted architecture on the meta device: no weights are read."""
     from strategies.schedules import cores_per_layer, make_schedule
 
-    from .methods import LORA_METHODS, prompt_task
+    from .methods.build import resolve
     from .models import build_empty_model, model_config
 
     try:
         model_config(cfg.model)
     except OSError as exc:
         raise ValueError(f"model = {cfg.model!r}: {exc}") from None
-    if cfg.method in LORA_METHODS:
+    resolved = resolve(cfg)
+    if not resolved.method.tt_config:
         return
     from .adapters import add_tt_adapters
 
-    kind = "causal-lm" if prompt_task(cfg) else "classification"
-    model = add_tt_adapters(build_empty_model(cfg.model, kind), cfg.adapter_config())  # placement errors too
-    if cfg.method != "fedtt+":
+    kind = "causal-lm" if resolved.prompt_task else "classification"
+    model = add_tt_adapters(build_empty_model(cfg.model, kind), resolved.adapter_config(cfg))  # placement errors
+    if resolved.method.rounds != "schedule":
         return
     schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
     for cores in sorted(set(cores_per_layer(model.fedtt_state_names).values())):

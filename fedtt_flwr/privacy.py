@@ -25,13 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import RunConfig
-
-STATE_KEY = "fedtt-dp"
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -69,18 +66,6 @@ def spent_epsilon(history: list[tuple[float, float, int]], delta: float) -> floa
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is sound, only loose
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(accountant.get_epsilon(delta))
-
-
-def load_history(state: RecordDict) -> list[tuple[float, float, int]]:
-    if STATE_KEY not in state:
-        return []
-    rec = state[STATE_KEY]
-    return list(zip(rec["sigma"], rec["q"], rec["steps"], strict=True))
-
-
-def save_history(state: RecordDict, history: list[tuple[float, float, int]]) -> None:
-    state[STATE_KEY] = ConfigRecord({"sigma": [float(h[0]) for h in history], "q": [float(h[1]) for h in history],
-                                     "steps": [int(h[2]) for h in history]})
 
 
 def check_budget(history: list[tuple[float, float, int]], step: tuple[float, float, int], dp: DPSettings,

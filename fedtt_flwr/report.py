@@ -9,34 +9,24 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 from torch import nn
 
 from .adapters import add_tt_adapters, count_parameters, head_param_names, tt_layers, tt_param_names
 from .config import TaskKind, TTAdapterConfig
+from .methods.lora import lora_targets
+from .methods.registry import ReportShapes, all_methods
 from .models import build_empty_model
-
-_LORA_FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
-
-
-def lora_targets(model: nn.Module) -> list[str]:
-    """peft's default LoRA targets for this architecture (query and value projections)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
-
-    model_type = model.config.model_type
-    targets = mapping.get(model_type) or _LORA_FALLBACK_TARGETS.get(model_type)
-    if not targets:
-        raise ValueError(f"no default LoRA targets known for model_type {model_type!r}")
-    return list(targets)
 
 
 def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32", packed: bool = False) -> int:
-    """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes; ``packed``:
-    for the one flat array a packed reply carries (``pack-arrays``) and its layout digest."""
-    from strategies.packing import digest_bytes, pack
+    """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes (each array's
+    ``.npy`` bytes and its name); ``packed``: for the one flat array a packed reply carries (``pack-arrays``) and
+    its layout digest. Computed, not serialized: no Flower, no memory for the values."""
+    from strategies.wire import PACKED, digest_bytes, npy_size
 
-    record = ArrayRecord({k: Array(np.zeros(s, dtype=dtype)) for k, s in shapes.items()})
-    return pack(record)[0].count_bytes() + digest_bytes() if packed else record.count_bytes()
+    if packed:
+        return npy_size((sum(int(np.prod(s)) for s in shapes.values()),), dtype) + len(PACKED) + digest_bytes()
+    return sum(npy_size(s, dtype) + len(k) for k, s in shapes.items())
 
 
 def lora_shapes(model: nn.Module, rank: int, targets: list[str]) -> dict[str, tuple[int, ...]]:
@@ -56,32 +46,24 @@ def _numel(shapes: dict[str, tuple[int, ...]]) -> int:
 
 def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTAdapterConfig,
                  tt_state: dict, lora: dict, head: dict, rounds: int = 12, packed: bool = False) -> dict:
-    """Per method: trainable values and uplink bytes per round for one client (mean over ``rounds``
-    rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns).
-    ``head``: the model's own (dense) head, which the LoRA methods train and send."""
-    from strategies.schedules import CyclicSchedule, cores_per_layer, plan_for_round, trainable_names
-
-    counts = cores_per_layer(tt_state).values()
-    plus = [serialized_bytes({n: tt_state[n] for n in trainable_names(
-        list(tt_state), plan_for_round(CyclicSchedule(), r, counts))}, packed=packed) for r in range(1, rounds + 1)]
+    """Per registered method: trainable values and uplink bytes per round for one client (mean over ``rounds``
+    rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns). ``head``: the
+    model's own (dense) head, which the LoRA methods train and send."""
     dense_model = add_tt_adapters(build_empty_model(model_name, task_kind, num_labels),
                                   cfg.model_copy(update={"dense": True}))
     dense = {n: tuple(p.shape) for n, p in dense_model.named_parameters() if n in set(dense_model.fedtt_state_names)}
-    a = {n: v for n, v in lora.items() if ".lora_A." in n}
-    b = {n: v for n, v in lora.items() if ".lora_B." in n}
-    rolora = [serialized_bytes({**(a if r % 2 else b), **head}, packed=packed) for r in range(1, rounds + 1)]
-    def row(trained: dict, sent: float | None = None) -> dict:
-        up = serialized_bytes(trained, packed=packed) if sent is None else round(float(sent))
-        return {"trainable_params": _numel(trained), "bytes_up_per_round": up}
-
-    return {
-        "fedtt": row(tt_state),
-        "fedtt+": row(tt_state, np.mean(plus)),
-        "adapter": row(dense),
-        "lora": row({**lora, **head}),
-        "ffa-lora": row({**b, **head}),
-        "rolora": row({**lora, **head}, np.mean(rolora)),
-    }
+    shapes = ReportShapes(tt=tt_state, dense=dense, lora_a={n: v for n, v in lora.items() if ".lora_A." in n},
+                          lora_b={n: v for n, v in lora.items() if ".lora_B." in n}, head=head)
+    out = {}
+    for method in all_methods():
+        sent = [method.uplink(shapes, r) for r in range(1, rounds + 1)]
+        trained = method.uplink(shapes, 0) if method.rounds == "all" else {k: v for s in sent for k, v in s.items()}
+        if method.rounds == "all":
+            up = serialized_bytes(sent[0], packed=packed)
+        else:
+            up = round(float(np.mean([serialized_bytes(s, packed=packed) for s in sent])))
+        out[method.name] = {"trainable_params": _numel(trained), "bytes_up_per_round": up}
+    return out
 
 
 def param_report(

@@ -41,17 +41,18 @@ from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
 from .config import RunConfig
 from .data import get_task, load_task
-from .methods import LORA_METHODS, build_model, prompt_task
+from .methods.build import Resolved, build_model, resolve
 from .models import pick_device
 from .train import evaluate, make_loader, tokenize
 
 disable_progress_bar()
 
 
-def inner_strategy(cfg: RunConfig) -> Strategy:
-    """The Flower strategy that averages the adapter tensors."""
-    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=cfg.fraction_evaluate,
-                  min_train_nodes=cfg.min_clients, min_evaluate_nodes=cfg.min_clients if cfg.fraction_evaluate else 0,
+def inner_strategy(cfg: RunConfig, fraction_evaluate: float | None = None) -> Strategy:
+    """The Flower strategy that averages the adapter tensors (``fraction_evaluate``: the resolved one)."""
+    evaluate = cfg.fraction_evaluate if fraction_evaluate is None else fraction_evaluate
+    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=evaluate,
+                  min_train_nodes=cfg.min_clients, min_evaluate_nodes=cfg.min_clients if evaluate else 0,
                   min_available_nodes=cfg.min_clients)
     opt = cfg.server_opt
     if opt == "fedavg":
@@ -68,23 +69,23 @@ def inner_strategy(cfg: RunConfig) -> Strategy:
     return fedopt(**common, eta=cfg.server_lr)
 
 
-def build_strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
-    """FedTT+ for ``fedtt+``, the A/B alternation for ``rolora``, plain FedTT (every travelling tensor,
-    every round) for ``fedtt``, ``adapter``, ``lora`` and ``ffa-lora``."""
-    strategy = _strategy(cfg, travelling)
+def build_strategy(cfg: RunConfig, travelling: list[str], resolved: Resolved | None = None) -> FedTT:
+    """The strategy the method's rounds call for (its registry entry): FedTT+ for a core schedule, the
+    alternation of its groups, or plain FedTT (every travelling tensor, every round)."""
+    resolved = resolved or resolve(cfg)
+    method = resolved.method
+    inner = inner_strategy(cfg, resolved.fraction_evaluate)
+    if method.rounds == "schedule":
+        schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
+        strategy = FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync, pack=cfg.pack_arrays)
+    elif method.rounds == "alternate":
+        strategy = FedAlternating(inner, include=travelling, groups=method.groups, sync=cfg.sync,
+                                  pack=cfg.pack_arrays)
+    else:
+        strategy = FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
     strategy.min_replies = cfg.min_replies
     strategy.max_examples = cfg.max_examples
     return strategy
-
-
-def _strategy(cfg: RunConfig, travelling: list[str]) -> FedTT:
-    inner = inner_strategy(cfg)
-    if cfg.method == "fedtt+":
-        schedule = make_schedule(cfg.schedule, seed=cfg.seed, num_middle=cfg.schedule_middle)
-        return FedTTPlus(inner, include=travelling, schedule=schedule, sync=cfg.sync, pack=cfg.pack_arrays)
-    if cfg.method == "rolora":
-        return FedAlternating(inner, include=travelling, sync=cfg.sync, pack=cfg.pack_arrays)
-    return FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
 
 
 def run_folder(cfg: RunConfig) -> Path:
@@ -246,12 +247,13 @@ def main(grid: Grid, context: Context) -> dict:
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)
     task = get_task(cfg.task)
+    resolved = resolve(cfg)
     model, tokenizer = build_model(cfg)  # seeded: the one initialisation every client starts from
     device = pick_device(cfg.device)
     model.to(device)
     state = get_adapter_state(model)
     initial = ArrayRecord({n: Array(np.ascontiguousarray(t.numpy())) for n, t in state.items()})
-    strategy = build_strategy(cfg, list(state))
+    strategy = build_strategy(cfg, list(state), resolved)
 
     out = run_folder(cfg)
     if cfg.resume and (done := finished_rounds(out)) >= cfg.num_server_rounds:
@@ -260,24 +262,27 @@ def main(grid: Grid, context: Context) -> dict:
         summary_file = out / "summary.json"
         return json.loads(summary_file.read_text()) if summary_file.exists() else {"run_folder": str(out)}
     # the server needs data only for its own dev evaluation: in a deployment it may have none
-    dev, note = load_task(cfg.task, cfg.data_dir or None)[1:] if cfg.central_eval else (None, None)
+    central_eval = cfg.central_eval and not resolved.method.personal  # a personalised model lives on the nodes
+    dev, note = load_task(cfg.task, cfg.data_dir or None)[1:] if central_eval else (None, None)
     if note:
         log(INFO, "[fedtt] %s", note)
-    resolved = cfg.resolved()
     (out / "config.json").write_text(json.dumps({
-        "run_config": cfg.model_dump(by_alias=True), "resolved": resolved, "method": cfg.method,
-        "adapter_config": cfg.adapter_config().model_dump() if cfg.method not in LORA_METHODS else None,
+        "run_config": cfg.model_dump(by_alias=True), "resolved": resolved.as_dict(), "method": cfg.method,
+        "adapter_config": resolved.adapter_config(cfg).model_dump() if resolved.method.tt_config else None,
         "travelling_tensors": len(state), "travelling_params": int(sum(t.numel() for t in state.values())),
         "data_note": note, "strategy": type(strategy).__name__, "schedule": repr(strategy.schedule),
         "inner": type(strategy.inner).__name__,
     }, indent=2))
-    prompts = prompt_task(cfg)
+    prompts = resolved.prompt_task
     dev_loader = None if dev is None else make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer,
                                                       cfg.eval_batch_size, False, prompt_task=prompts)
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()),
-        ", ".join(f"{k} {v}" for k, v in resolved.items()), out)
+        ", ".join(f"{k} {v}" for k, v in resolved.as_dict().items()), out)
+    if resolved.method.personal and cfg.central_eval:
+        log(INFO, "[fedtt] central evaluation does not apply to %s: part of its model stays on each node; it is "
+            "evaluated there, on every node's dev share, every round (fed_* in metrics.jsonl)", cfg.method)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         stats = strategy.rounds.get(server_round, {})
@@ -293,7 +298,7 @@ def main(grid: Grid, context: Context) -> dict:
         record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
                        if k != "num-examples"})
         central = None
-        if cfg.central_eval and (server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds):
+        if central_eval and (server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds):
             set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
             res = evaluate(model, dev_loader, cfg.task, device)
             record.update({k: v for k, v in res.items() if k != "num_examples"})
@@ -323,6 +328,9 @@ def main(grid: Grid, context: Context) -> dict:
     set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
     save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
     final = results.get(cfg.num_server_rounds)
+    if final is None and resolved.method.personal:  # evaluated on the nodes, each with its own local tensors
+        final = {f"fed_{k}": v for k, v in strategy.rounds.get(cfg.num_server_rounds, {}).get(
+            "evaluate_metrics", {}).items() if k != "num-examples"} or None
     summary = {
         "run_folder": str(out), "rounds": cfg.num_server_rounds,
         "final": dict(final) if final is not None else None,

@@ -1,49 +1,34 @@
-"""Flower strategies for tensor-train adapters (numpy and Flower only; no torch)."""
+"""Flower strategies for tensor-train adapters (numpy and Flower only; no torch).
 
-from .fedavg import FastFedAvg, weighted_average
-from .fedtt import DEFAULT_INCLUDE, PLAN_KEY, REPLY_KEY, SYNC_KEY, FedAlternating, FedTT, FedTTPlus, record_bytes
-from .packing import as_numpy, layout_digest, pack, unpack
-from .protocol import CACHE_KEY, named_arrays, receive_global, reply_arrays, reply_content, round_trainable
-from .schedules import (
-    AllSchedule,
-    CyclicSchedule,
-    FixedSchedule,
-    RandomSchedule,
-    Schedule,
-    decode_plan,
-    encode_plan,
-    make_schedule,
-    trainable_names,
-)
+Names are loaded on first use (PEP 562), so ``strategies.schedules`` and ``strategies.wire`` (pure Python and
+numpy) can be imported by the library without importing Flower.
+"""
 
-__all__ = [
-    "CACHE_KEY",
-    "DEFAULT_INCLUDE",
-    "PLAN_KEY",
-    "REPLY_KEY",
-    "SYNC_KEY",
-    "AllSchedule",
-    "FastFedAvg",
-    "CyclicSchedule",
-    "FedAlternating",
-    "FedTT",
-    "FedTTPlus",
-    "FixedSchedule",
-    "RandomSchedule",
-    "Schedule",
-    "as_numpy",
-    "decode_plan",
-    "encode_plan",
-    "layout_digest",
-    "make_schedule",
-    "named_arrays",
-    "pack",
-    "receive_global",
-    "round_trainable",
-    "record_bytes",
-    "reply_arrays",
-    "reply_content",
-    "trainable_names",
-    "weighted_average",
-    "unpack",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "fedavg": ("FastFedAvg", "weighted_average"),
+    "fedtt": ("DEFAULT_INCLUDE", "PLAN_KEY", "REPLY_KEY", "SYNC_KEY", "FedAlternating", "FedTT", "FedTTPlus",
+              "record_bytes"),
+    "packing": ("as_numpy", "pack", "unpack"),
+    "wire": ("layout_digest",),
+    "protocol": ("CACHE_KEY", "named_arrays", "receive_global", "reply_arrays", "reply_content", "round_trainable"),
+    "schedules": ("AllSchedule", "CyclicSchedule", "FixedSchedule", "RandomSchedule", "Schedule", "decode_plan",
+                  "encode_plan", "make_schedule", "trainable_names"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'strategies' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

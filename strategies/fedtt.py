@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedTrimmedAvg, Strategy
 
 from .fedavg import FastFedAvg
-from .packing import LAYOUT_PREFIX, PACKED, as_numpy, format_layout, layout_digest, pack, unpack
+from .packing import as_numpy, pack, unpack
 from .schedules import (
     AllSchedule,
     Schedule,
@@ -54,6 +54,7 @@ from .validation import (
     common_metrics,
     expected_of,
 )
+from .wire import LAYOUT_PREFIX, PACKED, format_layout, layout_digest
 
 #: Names of the tensors that travel by default: TT cores, everything inside an adapter, and common
 #: task-head names. Pass ``include=`` for other naming schemes.

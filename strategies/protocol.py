@@ -10,8 +10,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .fedtt import PLAN_KEY, REPLY_KEY, SYNC_KEY
-from .packing import LAYOUT_PREFIX, layout_digest, pack, parse_layout, unpack
+from .packing import pack, unpack
 from .schedules import decode_plan, trainable_names
+from .wire import LAYOUT_PREFIX, layout_digest, parse_layout
 
 CACHE_KEY = "fedtt-global"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from .packing import npy_header
+from .wire import npy_header
 
 METRICS_KEY = "metrics"
 #: the default ceiling on a reply's averaging weight (its claimed example count)

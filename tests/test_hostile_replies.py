@@ -28,7 +28,7 @@ from test_strategies import global_record, numpy_client
 
 from fedtt_flwr.inprocess import InProcessGrid, over_the_wire
 from strategies import REPLY_KEY, FastFedAvg, FedTT, FedTTPlus, layout_digest
-from strategies.packing import LAYOUT_PREFIX, format_layout, parse_layout
+from strategies.wire import LAYOUT_PREFIX, format_layout, parse_layout
 
 COMMON = dict(min_train_nodes=4, min_available_nodes=4, fraction_evaluate=0.0)
 INNERS = {

@@ -7,7 +7,7 @@ import torch
 from test_app_inprocess import run_app
 
 from fedtt_flwr.config import RunConfig
-from fedtt_flwr.methods import build_model
+from fedtt_flwr.methods import build_model, resolve
 from strategies import named_arrays, record_bytes
 
 
@@ -111,7 +111,7 @@ def test_centralized_reference_trains_each_method(tmp_path, tiny_model_dir, tiny
 
 def test_train_layernorm_auto_resolves_per_method_and_head(tiny_model_dir, tiny_llama_dir):
     def resolved(**kw):
-        return RunConfig(**kw).layernorm()
+        return resolve(RunConfig(**kw)).train_layernorm
 
     assert resolved(model=str(tiny_model_dir), method="fedtt") == "weight"
     assert resolved(model=str(tiny_model_dir), method="fedtt+") == "weight"
@@ -125,7 +125,7 @@ def test_train_layernorm_auto_resolves_per_method_and_head(tiny_model_dir, tiny_
 def test_adapter_init_auto_resolves_per_method_and_head(tiny_model_dir, tiny_llama_dir):
     def resolved(**kw):
         cfg = RunConfig(**kw)
-        return cfg.init(), cfg.adapter_config().init
+        return resolve(cfg).adapter_init, resolve(cfg).adapter_config(cfg).init
 
     assert resolved(model=str(tiny_model_dir), method="fedtt") == ("near-identity", "near-identity")
     assert resolved(model=str(tiny_model_dir), method="fedtt+") == ("near-identity", "near-identity")

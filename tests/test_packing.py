@@ -64,8 +64,10 @@ def test_packed_run_equals_unpacked_run_with_fewer_bytes(tmp_path, tiny_model_di
         assert a.get("accuracy") == b.get("accuracy")
     if method == "fedtt":  # the parameter report's packed uplink is what the run counted (2 clients a round)
         from fedtt_flwr.config import RunConfig
+        from fedtt_flwr.methods import resolve
         from fedtt_flwr.report import param_report
 
-        report = param_report(str(tiny_model_dir), adapter_config=RunConfig(model=str(tiny_model_dir)).adapter_config())
+        cfg = RunConfig(model=str(tiny_model_dir))
+        report = param_report(str(tiny_model_dir), adapter_config=resolve(cfg).adapter_config(cfg))
         assert packed_lines[1]["bytes_up"] == 2 * report["methods_packed"]["fedtt"]["bytes_up_per_round"]
         assert plain_lines[1]["bytes_up"] == 2 * report["methods"]["fedtt"]["bytes_up_per_round"]

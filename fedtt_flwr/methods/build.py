@@ -1,0 +1,115 @@
+"""The run's model, built the same way on the server and on every client, and the ``auto`` settings resolved.
+
+:func:`resolve` is the one place that turns a :class:`~fedtt_flwr.config.RunConfig`'s ``auto`` values into what
+the run does (it reads the model's config file, which validation never does); :func:`build_model` loads the
+model, sets its head and lets the method (:mod:`.registry`) inject its modules.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..config import RunConfig, TTAdapterConfig
+from ..data import get_task
+from ..models import load_model, model_config, set_mean_pooling, trained_pooling
+from ..prompts import CandidateScorer, choice_ids, get_prompt, is_decoder_only
+from .registry import Method, get_method
+
+
+@functools.lru_cache(maxsize=16)
+def _model_type(model: str) -> str:
+    return model_config(model).model_type
+
+
+def prompt_task(cfg: RunConfig) -> str | None:
+    """The task name when the run scores prompt answers with a causal LM (``task-format``; ``auto``:
+    decoder-only architectures), else None (a classification head)."""
+    if cfg.task_format == "auto":
+        return cfg.task if is_decoder_only(_model_type(cfg.model)) else None
+    return cfg.task if cfg.task_format == "prompt" else None
+
+
+def head_pooling(cfg: RunConfig) -> Literal["cls", "mean"]:
+    """What a classification head reads (``pooling`` resolved): ``auto`` is the masked token mean for a BERT
+    checkpoint whose sentence-transformers folder says it was trained that way, else the [CLS] pooler."""
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    if trained_pooling(cfg.model) == "mean" and model_config(cfg.model).model_type == "bert":
+        return "mean"
+    return "cls"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's settings as it runs them: the method, and every ``auto`` value decided."""
+
+    method: Method
+    prompt_task: str | None  # the task when a decoder scores prompt answers, else None (a classification head)
+    pooling: Literal["cls", "mean", "prompt"]
+    adapter_init: Literal["loretta", "near-identity"]
+    train_layernorm: bool | Literal["weight"]
+    logit_adjust: float
+    fraction_evaluate: float
+
+    def adapter_config(self, cfg: RunConfig) -> TTAdapterConfig:
+        return TTAdapterConfig(rank=cfg.rank, bottleneck=cfg.bottleneck, bias=cfg.adapter_bias,
+                               dense=self.method.family == "dense", tensorized_classifier=cfg.tensorized_classifier,
+                               init=self.adapter_init, train_layernorm=self.train_layernorm)
+
+    def as_dict(self) -> dict:
+        """For the log and config.json."""
+        return {"adapter-init": self.adapter_init, "train-layernorm": self.train_layernorm,
+                "logit-adjust": self.logit_adjust, "pooling": self.pooling,
+                "fraction-evaluate": self.fraction_evaluate}
+
+
+def resolve(cfg: RunConfig) -> Resolved:
+    """Every ``auto`` setting of ``cfg`` decided, once. TT adapters under a classification head are the setting
+    the ``auto`` values of ``adapter-init`` and ``train-layernorm`` were measured in (MiniLM, label skew,
+    docs/convergence.md): near-identity cores and the LayerNorm gains; baselines and prompt-scored decoders keep
+    LoRETTA's init and no norms (for decoders the RMSNorm gains would double LLaMA-2-7B's TT bytes, unmeasured).
+    A personalised method is evaluated on the nodes: ``fraction-evaluate`` 0 becomes 1."""
+    method = get_method(cfg.method)
+    task = prompt_task(cfg)
+    tt_head = method.family == "tt" and task is None
+    return Resolved(
+        method=method, prompt_task=task, pooling="prompt" if task else head_pooling(cfg),
+        adapter_init=cfg.adapter_init if cfg.adapter_init != "auto" else ("near-identity" if tt_head else "loretta"),
+        train_layernorm=cfg.train_layernorm if cfg.train_layernorm != "auto" else ("weight" if tt_head else False),
+        logit_adjust=cfg.logit_tau(),
+        fraction_evaluate=cfg.fraction_evaluate or (1.0 if method.personal else 0.0))
+
+
+def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The run's model with the method's trainable modules. Seeded, and the same code on the server and
+    on every client, so tensors that never travel (FFA-LoRA's A) are identical everywhere. A decoder
+    becomes a :class:`CandidateScorer` (its LM head frozen, no new head)."""
+    torch.manual_seed(cfg.seed)
+    resolved = resolve(cfg)
+    labels = len(get_task(cfg.task).labels)
+    if resolved.prompt_task is not None:
+        if cfg.pooling == "mean":
+            raise ValueError(f"pooling = 'mean' is for a classification head; {cfg.model} scores prompt answers "
+                             f"with its LM head (task-format = '{cfg.task_format}'): use pooling = 'auto', or "
+                             f"task-format = 'classifier' for a head")
+        prompt = get_prompt(cfg.task)  # a task without a template stops here, before the model loads
+        hf, tokenizer = load_model(cfg.model, "causal-lm", dtype=cfg.dtype)
+        model = CandidateScorer(hf, choice_ids(tokenizer, prompt))
+        model.fedtt_source = {**hf.fedtt_source, "prompt_task": cfg.task, "num_labels": labels}
+    else:
+        hf, tokenizer = load_model(cfg.model, "classification", num_labels=labels, dtype=cfg.dtype)
+        if resolved.pooling == "mean":
+            set_mean_pooling(hf)
+        model = hf
+    if cfg.gradient_checkpointing:  # non-reentrant: works although the frozen inputs need no gradient
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = resolved.method.inject(model, cfg, resolved)
+    if not hasattr(model, "fedtt_local_names"):
+        model.fedtt_local_names = ()
+    return model, tokenizer
