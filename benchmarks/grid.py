@@ -29,12 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, publish  # noqa: E402
 
 from fedtt_flwr.data import default_data_dir, get_task  # noqa: E402
+from fedtt_flwr.methods import all_methods  # noqa: E402
 
 GRID = RESULTS / "grid"
 RUNS = RESULTS.parent / "out" / "grid"
 VARIANTS = RESULTS / "grid_variants"  # cells re-run with run-config overrides (--set): probes, not the grid
 VARIANT_RUNS = RESULTS.parent / "out" / "grid_variants"
-METHODS = ("fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter")
+#: every registered method the grid can score by the central dev metric (a personalised method has none): the
+#: study's six in the order of its tables, then any method registered since
+_STUDY = ("fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter")
+METHODS = (*_STUDY, *(m.name for m in all_methods() if not m.personal and m.name not in _STUDY))
 SILO_METHODS = ("fedtt", "fedtt+", "lora")
 CENTRAL_METHODS = ("fedtt", "lora")
 TASKS = ("sst2", "rte", "mrpc")
@@ -302,7 +306,7 @@ def plots(results: dict[str, dict]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     panels = FED_COLUMNS
-    colors = dict(zip(METHODS, ["C0", "C1", "C2", "C3", "C4", "C5"], strict=True))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(METHODS)}
     written = []
     for task in TASKS:
         mine = sorted((r for r in results.values() if r["cell"]["task"] == task and "curve" in r),

@@ -276,7 +276,8 @@ def main(grid: Grid, context: Context) -> dict:
     prompts = resolved.prompt_task
     dev_loader = None if dev is None else make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer,
                                                       cfg.eval_batch_size, False, prompt_task=prompts)
-    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, task.metrics[0])
+    # a personalised method's main metric is the nodes' own (federated evaluation)
+    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, ("fed_" if resolved.method.personal else "") + task.metrics[0])
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()),
         ", ".join(f"{k} {v}" for k, v in resolved.as_dict().items()), out)
