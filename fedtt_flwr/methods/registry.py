@@ -27,6 +27,7 @@ FAMILIES = (
     "tt_adapter",
     "dense_adapter",
     "lora",
+    "fedsa_lora",
 )
 
 Shape = tuple[int, ...]
