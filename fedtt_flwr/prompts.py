@@ -1,7 +1,8 @@
 """Decoder models (LLaMA family) answer a task by scoring candidate answers after a prompt.
 
-A causal LM has no classification head: every example becomes a prompt (``PROMPTS``, from method.md
-section 7, plus SST-2, MRPC, QNLI and CoLA in the same style), each label a fixed answer appended to it.
+A causal LM has no classification head: every example becomes a prompt (``PROMPTS``: the FedTT paper's
+RTE, BoolQ and CB templates, plus SST-2, MRPC, QNLI and CoLA in the same style), each label a fixed answer
+appended to it.
 A candidate's score is the mean log-likelihood of its tokens (length-normalised, so answers of different
 token counts compete fairly); training is cross-entropy over the candidates' scores, evaluation picks the
 most likely one. The LM head stays dense and frozen: only what the adapters change moves the scores.

@@ -1,4 +1,4 @@
-"""TTLinear: the math of method.md section 1."""
+"""TTLinear: the math of the TT layer (docs/tensorized-adapters.md, "The TT layer")."""
 
 from __future__ import annotations
 
