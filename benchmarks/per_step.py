@@ -5,7 +5,7 @@ shuffled training set, max length 64, AdamW with 6 % linear warm-up then linear 
 clipping 1.0, dev accuracy (all 872 sentences) after 100, 250 and 500 steps. A variant that learns less
 per step here cannot catch up in a federated run, so this is the cheap filter for levers (about 4 minutes
 per variant on one CPU thread). Results: one line per variant in benchmarks/results/per_step.jsonl (a
-rerun skips the variants done); ``--report`` writes the table into docs/convergence.md.
+rerun skips the variants done); ``--report`` writes the table into docs/convergence-log.md.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/per_step.py --only tt-default,lora
     .venv/bin/python benchmarks/per_step.py --report
@@ -36,7 +36,7 @@ from fedtt_flwr.models import load_model, set_mean_pooling  # noqa: E402
 from fedtt_flwr.train import cycle, evaluate, make_loader, tokenize, train_steps  # noqa: E402
 
 OUT = RESULTS / "per_step.jsonl"
-DOC = RESULTS.parents[1] / "docs" / "convergence.md"
+DOC = RESULTS.parents[1] / "docs" / "convergence-log.md"  # the per-step table lives in the study's log
 CHECKPOINTS = (100, 250, 500)
 NEAR_ID = {"init": "near-identity"}
 #: name -> (what it changes, settings). ``lr``/``head_lr``/``method``/``depth``/``norms``/``pooling`` are the
