@@ -89,7 +89,10 @@ def test_params_report_covers_every_method(capsys):
     assert main(["params", "--model", "minilm"]) == 0
     report = json.loads(capsys.readouterr().out)
     methods = report["methods"]
-    assert set(methods) == {"fedtt", "fedtt+", "adapter", "lora", "ffa-lora", "rolora"}
+    from fedtt_flwr.methods import method_names
+
+    assert list(methods) == list(method_names())  # every registered method, in the registry's order
+    assert {"fedtt", "fedtt+", "adapter", "lora", "ffa-lora", "rolora", "fedsa-lora"} <= set(methods)
     assert methods["fedtt"]["bytes_up_per_round"] == report["tt"]["bytes_per_round"]
     assert methods["lora"]["bytes_up_per_round"] == report["lora"]["bytes_per_round"]
     assert methods["fedtt+"]["bytes_up_per_round"] <= methods["fedtt"]["bytes_up_per_round"] / 2
