@@ -241,31 +241,56 @@ def resume_run(out: Path, strategy: FedTT, metrics_log: MetricsLog) -> tuple[int
     return state["round"] + 1, ArrayRecord({n: Array(a) for n, a in state["arrays"].items()})
 
 
-def main(grid: Grid, context: Context) -> dict:
-    """Run a whole federated fine-tune; returns the summary that is also written to summary.json."""
-    cfg = RunConfig.from_flower(context.run_config)
-    random.seed(cfg.seed)  # Flower samples clients with the `random` module
-    np.random.seed(cfg.seed)
-    task = get_task(cfg.task)
-    resolved = resolve(cfg)
-    model, tokenizer = build_model(cfg)  # seeded: the one initialisation every client starts from
-    device = pick_device(cfg.device)
-    model.to(device)
-    state = get_adapter_state(model)
-    initial = ArrayRecord({n: Array(np.ascontiguousarray(t.numpy())) for n, t in state.items()})
-    strategy = build_strategy(cfg, list(state), resolved)
+def round_record(cfg: RunConfig, strategy: FedTT, server_round: int) -> dict:
+    """A round's line of metrics.jsonl from the strategy's statistics (central metrics are added by
+    :class:`CentralEval`; totals and time by :class:`MetricsLog`)."""
+    stats = strategy.rounds.get(server_round, {})
+    record = {"round": server_round, "method": cfg.method, "schedule": stats.get("plan"),
+              "clients": stats.get("clients", 0), "replies": stats.get("replies", 0),
+              "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
+              "bytes_down": stats.get("bytes_down", 0),
+              "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
+              "skipped": stats.get("skipped", False), "lr": cfg.round_lr(server_round) if server_round else None,
+              "wire_bytes_up": stats.get("wire_bytes_up", 0), "wire_bytes_down": stats.get("wire_bytes_down", 0)}
+    record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean", "round_s", "aggregate_s",
+                                         "client_train_s_sum", "client_train_s_max") if k in stats})
+    record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
+                   if k != "num-examples"})
+    return record
 
-    out = run_folder(cfg)
-    if cfg.resume and (done := finished_rounds(out)) >= cfg.num_server_rounds:
-        log(INFO, "[fedtt] the run in %s already finished %d round(s) (num-server-rounds = %d): nothing to do; "
-            "raise num-server-rounds to continue it", out, done, cfg.num_server_rounds)
-        summary_file = out / "summary.json"
-        return json.loads(summary_file.read_text()) if summary_file.exists() else {"run_folder": str(out)}
-    # the server needs data only for its own dev evaluation: in a deployment it may have none
-    central_eval = cfg.central_eval and not resolved.method.personal  # a personalised model lives on the nodes
-    dev, note = load_task(cfg.task, cfg.data_dir or None)[1:] if central_eval else (None, None)
-    if note:
-        log(INFO, "[fedtt] %s", note)
+
+class CentralEval:
+    """The server's own dev evaluation of the global adapters (every ``eval-every`` rounds and the last), and a
+    prompt-scored decoder's zero-shot baseline in round 0. Off without ``central-eval`` and for a personalised
+    method, whose model lives on the nodes (it needs no data on the server then)."""
+
+    def __init__(self, cfg: RunConfig, resolved: Resolved, model, tokenizer, device) -> None:
+        self.cfg, self.model, self.device, self.prompts = cfg, model, device, resolved.prompt_task
+        self.on = cfg.central_eval and not resolved.method.personal
+        dev, self.note = load_task(cfg.task, cfg.data_dir or None)[1:] if self.on else (None, None)
+        self.loader = None if dev is None else make_loader(
+            tokenize(dev, tokenizer, cfg.max_length, self.prompts), tokenizer, cfg.eval_batch_size, False,
+            prompt_task=self.prompts)
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> tuple[dict, MetricRecord | None]:
+        """``(what to add to the round's record, the central MetricRecord or None)``."""
+        cfg = self.cfg
+        if not self.on or (server_round % cfg.eval_every and server_round != cfg.num_server_rounds):
+            return {}, None
+        set_adapter_state(self.model, {n: a.numpy() for n, a in arrays.items()})
+        res = evaluate(self.model, self.loader, cfg.task, self.device)
+        added = {k: v for k, v in res.items() if k != "num_examples"}
+        if server_round == 0 and self.prompts is not None:  # a decoder's baseline: the backbone, no adapters
+            with adapters_off(self.model):
+                zero = evaluate(self.model, self.loader, cfg.task, self.device)
+            added.update({f"zero_shot_{k}": v for k, v in zero.items() if k != "num_examples"})
+            log(INFO, "[fedtt] zero-shot (no adapters): %s", {k: round(v, 4) for k, v in zero.items()})
+        return added, MetricRecord({k: float(v) for k, v in res.items()})
+
+
+def write_config(out: Path, cfg: RunConfig, resolved: Resolved, state: dict, strategy: FedTT,
+                 note: str | None) -> None:
+    """config.json: the run config, the resolved ``auto`` values and what travels."""
     (out / "config.json").write_text(json.dumps({
         "run_config": cfg.model_dump(by_alias=True), "resolved": resolved.as_dict(), "method": cfg.method,
         "adapter_config": resolved.adapter_config(cfg).model_dump() if resolved.method.tt_config else None,
@@ -273,62 +298,11 @@ def main(grid: Grid, context: Context) -> dict:
         "data_note": note, "strategy": type(strategy).__name__, "schedule": repr(strategy.schedule),
         "inner": type(strategy.inner).__name__,
     }, indent=2))
-    prompts = resolved.prompt_task
-    dev_loader = None if dev is None else make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer,
-                                                      cfg.eval_batch_size, False, prompt_task=prompts)
-    # a personalised method's main metric is the nodes' own (federated evaluation)
-    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, ("fed_" if resolved.method.personal else "") + task.metrics[0])
-    log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
-        cfg.task, len(state), sum(t.numel() for t in state.values()),
-        ", ".join(f"{k} {v}" for k, v in resolved.as_dict().items()), out)
-    if resolved.method.personal and cfg.central_eval:
-        log(INFO, "[fedtt] central evaluation does not apply to %s: part of its model stays on each node; it is "
-            "evaluated there, on every node's dev share, every round (fed_* in metrics.jsonl)", cfg.method)
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        stats = strategy.rounds.get(server_round, {})
-        record = {"round": server_round, "method": cfg.method, "schedule": stats.get("plan"),
-                  "clients": stats.get("clients", 0), "replies": stats.get("replies", 0),
-                  "rejected": stats.get("rejected", 0), "bytes_up": stats.get("bytes_up", 0),
-                  "bytes_down": stats.get("bytes_down", 0),
-                  "train_loss": stats.get("train_metrics", {}).get("train-loss"), "errors": stats.get("errors", 0),
-                  "skipped": stats.get("skipped", False), "lr": cfg.round_lr(server_round) if server_round else None,
-                  "wire_bytes_up": stats.get("wire_bytes_up", 0), "wire_bytes_down": stats.get("wire_bytes_down", 0)}
-        record.update({k: stats[k] for k in ("dp_epsilon_max", "dp_epsilon_mean", "round_s", "aggregate_s",
-                                             "client_train_s_sum", "client_train_s_max") if k in stats})
-        record.update({f"fed_{k.replace('-', '_')}": v for k, v in stats.get("evaluate_metrics", {}).items()
-                       if k != "num-examples"})
-        central = None
-        if central_eval and (server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds):
-            set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
-            res = evaluate(model, dev_loader, cfg.task, device)
-            record.update({k: v for k, v in res.items() if k != "num_examples"})
-            central = MetricRecord({k: float(v) for k, v in res.items()})
-            if server_round == 0 and prompts is not None:  # a decoder's baseline: the backbone, no adapters
-                with adapters_off(model):
-                    zero = evaluate(model, dev_loader, cfg.task, device)
-                record.update({f"zero_shot_{k}": v for k, v in zero.items() if k != "num_examples"})
-                log(INFO, "[fedtt] zero-shot (no adapters): %s", {k: round(v, 4) for k, v in zero.items()})
-        metrics_log.write(record)
-        return central
 
-    start, arrays = 1, initial
-    if cfg.resume:
-        start, arrays = resume_run(out, strategy, metrics_log)
-        log(INFO, "[fedtt] resuming %s after round %d", out, start - 1)
-    results: dict[int, MetricRecord | None] = {}
-
-    def after_round(server_round: int, arrays: ArrayRecord) -> None:
-        results[server_round] = evaluate_fn(server_round, arrays)
-        save_round(out, server_round, arrays, strategy, metrics_log)
-
-    if start == 1:
-        results[0] = evaluate_fn(0, arrays)
-    arrays = run_rounds(strategy, grid, arrays, start, cfg.num_server_rounds,
-                        ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round, timeout=cfg.round_timeout)
-    set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
-    save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
-    final = results.get(cfg.num_server_rounds)
+def finish(out: Path, cfg: RunConfig, resolved: Resolved, strategy: FedTT, metrics_log: MetricsLog,
+           final: MetricRecord | None, start: int) -> dict:
+    """summary.json and the run's last log lines; a run that never trained fails (not a silent "completed")."""
     if final is None and resolved.method.personal:  # evaluated on the nodes, each with its own local tensors
         final = {f"fed_{k}": v for k, v in strategy.rounds.get(cfg.num_server_rounds, {}).get(
             "evaluate_metrics", {}).items() if k != "num-examples"} or None
@@ -346,6 +320,59 @@ def main(grid: Grid, context: Context) -> dict:
     if summary["untrained"]:
         raise RuntimeError(f"no training happened: {summary['problems']}; the run folder {out} keeps what there is")
     return summary
+
+
+def main(grid: Grid, context: Context) -> dict:
+    """Run a whole federated fine-tune; returns the summary that is also written to summary.json."""
+    cfg = RunConfig.from_flower(context.run_config)
+    random.seed(cfg.seed)  # Flower samples clients with the `random` module
+    np.random.seed(cfg.seed)
+    resolved = resolve(cfg)
+    model, tokenizer = build_model(cfg)  # seeded: the one initialisation every client starts from
+    device = pick_device(cfg.device)
+    model.to(device)
+    state = get_adapter_state(model)
+    strategy = build_strategy(cfg, list(state), resolved)
+
+    out = run_folder(cfg)
+    if cfg.resume and (done := finished_rounds(out)) >= cfg.num_server_rounds:
+        log(INFO, "[fedtt] the run in %s already finished %d round(s) (num-server-rounds = %d): nothing to do; "
+            "raise num-server-rounds to continue it", out, done, cfg.num_server_rounds)
+        summary_file = out / "summary.json"
+        return json.loads(summary_file.read_text()) if summary_file.exists() else {"run_folder": str(out)}
+    central = CentralEval(cfg, resolved, model, tokenizer, device)
+    if central.note:
+        log(INFO, "[fedtt] %s", central.note)
+    write_config(out, cfg, resolved, state, strategy, central.note)
+    # a personalised method's main metric is the nodes' own (federated evaluation)
+    main_metric = ("fed_" if resolved.method.personal else "") + get_task(cfg.task).metrics[0]
+    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, main_metric)
+    log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
+        cfg.task, len(state), sum(t.numel() for t in state.values()),
+        ", ".join(f"{k} {v}" for k, v in resolved.as_dict().items()), out)
+    if resolved.method.personal and cfg.central_eval:
+        log(INFO, "[fedtt] central evaluation does not apply to %s: part of its model stays on each node; it is "
+            "evaluated there, on every node's dev share, every round (fed_* in metrics.jsonl)", cfg.method)
+
+    results: dict[int, MetricRecord | None] = {}
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        added, results[server_round] = central(server_round, arrays)
+        metrics_log.write({**round_record(cfg, strategy, server_round), **added})
+        if server_round:
+            save_round(out, server_round, arrays, strategy, metrics_log)
+
+    start, arrays = 1, ArrayRecord({n: Array(np.ascontiguousarray(t.numpy())) for n, t in state.items()})
+    if cfg.resume:
+        start, arrays = resume_run(out, strategy, metrics_log)
+        log(INFO, "[fedtt] resuming %s after round %d", out, start - 1)
+    else:
+        after_round(0, arrays)
+    arrays = run_rounds(strategy, grid, arrays, start, cfg.num_server_rounds,
+                        ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round, timeout=cfg.round_timeout)
+    set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
+    save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
+    return finish(out, cfg, resolved, strategy, metrics_log, results.get(cfg.num_server_rounds), start)
 
 
 def round_health(strategy: FedTT, rounds: range) -> dict:
