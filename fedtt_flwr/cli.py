@@ -136,12 +136,12 @@ def _deploy(args: argparse.Namespace) -> int:
     if action in ("superlink", "supernode"):
         if action == "superlink":
             cmd = deploy.superlink_command(args.certs, args.state, args.port, host=args.host, auth=not args.no_auth,
-                                           exe=deploy._bin("flower-superlink"))
+                                           exe=deploy.flower_bin("flower-superlink"))
             home = Path(args.state)
         else:
             cmd = deploy.supernode_command(args.superlink, args.ca, args.key,
                                            deploy.node_config(args.data_dir, args.partition_id, args.num_partitions),
-                                           args.port, exe=deploy._bin("flower-supernode"))
+                                           args.port, exe=deploy.flower_bin("flower-supernode"))
             home = Path(args.flwr_home)
         print(shlex.join(cmd), flush=True)
         if args.print_only:

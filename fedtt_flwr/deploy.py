@@ -14,7 +14,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .launch import _bin, _exit_on_sigterm, _free_port, _stop, _wait_port, flwr_env, run_and_wait
+from .processes import Processes, flower_bin, flwr_env, free_port, run_and_wait, wait_port
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.pem", "server.key"
 
@@ -182,7 +181,7 @@ def write_cli_home(home: str | os.PathLike, connection: str, address: str, ca_ce
 
 
 def _flwr_json(args: list[str], env: dict) -> dict:
-    out = subprocess.run([_bin("flwr"), *args, "--format", "json"], env=env, capture_output=True, text=True,
+    out = subprocess.run([flower_bin("flwr"), *args, "--format", "json"], env=env, capture_output=True, text=True,
                          timeout=120)
     try:
         return json.loads(out.stdout)
@@ -201,36 +200,6 @@ def register_node(public_key: str | os.PathLike, cli_env: dict, connection: str)
 def online_nodes(cli_env: dict, connection: str) -> set[str]:
     reply = _flwr_json(["supernode", "list", connection], cli_env)
     return {str(n["node-id"]) for n in reply.get("nodes", []) if n.get("status") == "online"}
-
-
-class Processes:
-    """Processes this program started, each in a session of its own, stopped by PID (with everything
-    they started) in reverse order: a SuperNode before the SuperLink it talks to."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, cmd: list[str], env: dict, log_file: Path, cwd: Path) -> subprocess.Popen:
-        cwd.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "w") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=str(cwd))
-        self.procs.append((name, proc))
-        return proc
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            _stop(proc)
-        self.procs.clear()
-
-    def __enter__(self) -> Processes:
-        self._previous = _exit_on_sigterm()  # `kill PID` of this program still stops what it started
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _wait(condition, timeout: float, what: str, interval: float = 1.0):
@@ -252,34 +221,33 @@ def loopback(work_dir: str | os.PathLike, run_config: dict, node_configs: list[s
     Returns what happened: the run status, the unregistered node's exit code, node ids, timings."""
     work = Path(work_dir).resolve()
     certs = make_certificates(work / "certs", ["127.0.0.1", "localhost"], overwrite=True)
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     connection = "fedtt-deploy"
     cli_env = flwr_env(write_cli_home(work / "cli", connection, address, certs[CA_CERT]))
     result: dict = {"address": address, "work_dir": str(work)}
     t0 = time.monotonic()
     with Processes() as procs:
-        link = procs.start("superlink", superlink_command(work / "certs", work / "superlink", port, host="127.0.0.1",
-                                                          exe=_bin("flower-superlink")),
+        link = procs.start(superlink_command(work / "certs", work / "superlink", port, host="127.0.0.1",
+                                             exe=flower_bin("flower-superlink")),
                            flwr_env(work / "superlink"), work / "superlink.log", work / "superlink")
-        _wait_port(port, link)
+        wait_port(port, link)
         result["superlink_ready_s"] = round(time.monotonic() - t0, 1)
         node_ids = []
         for i, node_cfg in enumerate(node_configs):
             private, public = make_node_key(work / "keys", f"node{i}", overwrite=True)
             node_ids.append(register_node(public, cli_env, connection))
             home = work / f"supernode{i}"
-            procs.start(f"supernode{i}", supernode_command(address, certs[CA_CERT], private, node_cfg,
-                                                           _free_port(), exe=_bin("flower-supernode")),
+            procs.start(supernode_command(address, certs[CA_CERT], private, node_cfg, free_port(),
+                                          exe=flower_bin("flower-supernode")),
                         flwr_env(home), work / f"supernode{i}.log", home)
         result["node_ids"] = node_ids
         _wait(lambda: online_nodes(cli_env, connection) >= set(node_ids), 120, "the SuperNodes did not come online")
         if check_unregistered:
             private, _ = make_node_key(work / "keys", "unregistered", overwrite=True)
             home = work / "unregistered"
-            intruder = procs.start("unregistered", supernode_command(address, certs[CA_CERT], private,
-                                                                     node_configs[0], _free_port(),
-                                                                     exe=_bin("flower-supernode"), max_retries=2),
+            intruder = procs.start(supernode_command(address, certs[CA_CERT], private, node_configs[0], free_port(),
+                                                     exe=flower_bin("flower-supernode"), max_retries=2),
                                    flwr_env(home), work / "unregistered.log", home)
             try:
                 result["unregistered_exit_code"] = intruder.wait(timeout=120)

@@ -82,7 +82,9 @@ def test_simulate_passes_absolute_paths_and_typed_values(monkeypatch, tmp_path):
     assert seen["num_supernodes"] == 4
     assert cfg["method"] == "fedtt+" and cfg["alpha"] == 0.1 and cfg["central-eval"] is False
     assert cfg["output-dir"] == str(tmp_path / "out")
-    assert launch.format_overrides({"a": 1, "b": "x y", "c": True}) == 'a=1 b="x y" c=true'
+    from fedtt_flwr.processes import format_overrides
+
+    assert format_overrides({"a": 1, "b": "x y", "c": True}) == 'a=1 b="x y" c=true'
 
 
 def test_params_report_covers_every_method(capsys):

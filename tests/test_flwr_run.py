@@ -46,7 +46,7 @@ def test_stop_kills_what_the_superlink_started_in_other_sessions(tmp_path):
     import sys
     import time
 
-    from fedtt_flwr.launch import _stop
+    from fedtt_flwr.processes import stop_process as _stop
 
     pid_file = tmp_path / "grandchild.pid"
     # a stand-in SuperLink that starts a long-lived child in a new session, as superexec does

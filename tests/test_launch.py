@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedtt_flwr import watchdog
-from fedtt_flwr.launch import _exit_on_signals, _restore_signals
+from fedtt_flwr.processes import exit_on_signals, restore_signals
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ")
@@ -58,7 +58,7 @@ def _kill(pids) -> None:
 
 
 def test_the_watchdog_stops_the_tree_when_its_launcher_is_killed(tmp_path):
-    log = tmp_path / "watchdog.log"
+    log = tmp_path / "superlink.watchdog.log"
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(log)], stdout=subprocess.PIPE, text=True,
                                 start_new_session=True)
     pids: list[int] = []
@@ -118,14 +118,14 @@ def test_sighup_and_sigterm_end_the_launcher_through_its_finally():
     """A closed terminal (SIGHUP) must stop the run like `kill PID` (SIGTERM), then the handlers come back."""
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     for sig in (signal.SIGHUP, signal.SIGTERM):
-        previous = _exit_on_signals()
+        previous = exit_on_signals()
         try:
             with pytest.raises(SystemExit) as exc:
                 os.kill(os.getpid(), sig)
                 time.sleep(1)  # the handler runs between bytecodes of the main thread
             assert exc.value.code == 128 + sig
         finally:
-            _restore_signals(previous)
+            restore_signals(previous)
         assert {s: signal.getsignal(s) for s in before} == before
 
 
@@ -205,12 +205,13 @@ def test_kill_9_of_simulate_leaves_no_process_of_the_run(tmp_path, tiny_model_di
         launcher.kill()  # SIGKILL
         launcher.wait()
         gone = _wait_for(lambda: not _run_processes(home, sessions), 15)
+        guard_log = home / "superlink.watchdog.log"
         assert gone, f"left running 15 s after kill -9: {_run_processes(home, sessions)}; watchdog: " \
-                     f"{(home / 'watchdog.log').read_text() if (home / 'watchdog.log').exists() else '-'}"
+                     f"{guard_log.read_text() if guard_log.exists() else '-'}"
         state = _folder_state(run_folder)
         time.sleep(3)
         assert _folder_state(run_folder) == state, "the run folder still grows"
-        assert "the launcher died" in (home / "watchdog.log").read_text()
+        assert "the launcher died" in (home / "superlink.watchdog.log").read_text()
     finally:
         # whatever is left (a failing test must not leave a run behind): by PID, what this test started
         with contextlib.suppress(ProcessLookupError, PermissionError):
