@@ -35,11 +35,21 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layernorm_choice(text: str) -> bool | str:
-    choices = {"auto": "auto", "weight": "weight", "true": True, "false": False}
-    if text.lower() not in choices:
-        raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(choices)}")
-    return choices[text.lower()]
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    """``--<key>`` for every key of :class:`~fedtt_flwr.centralized.FinetuneConfig`, from the config itself (one
+    place for names, types, defaults and help); ``--bias`` is short for ``--adapter-bias true``."""
+    from .centralized import FinetuneConfig
+    from .config import TRAINING_KEYS
+
+    for name, field in FinetuneConfig.model_fields.items():
+        if name in TRAINING_KEYS and name not in FinetuneConfig.USED:
+            continue  # a federation's key: no meaning for one centralized run
+        flag = "--" + name.replace("_", "-")
+        default = field.default if field.default is not None else "none"
+        parser.add_argument(flag, dest=name, type=_parse_value, metavar="VALUE",
+                            help=f"{field.description or ''} (default: {default})".strip().replace("%", "%%"))
+    parser.add_argument("--bias", dest="adapter_bias", action="store_const", const=True,
+                        help="TT layers with biases (= --adapter-bias true)")
 
 
 def _parse_value(text: str):
@@ -206,27 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --memory: the backbone's and the activations' dtype")
     p.set_defaults(func=_params)
 
-    f = sub.add_parser("finetune", help="centralized fine-tune with TT adapters or a baseline (a reference run)")
-    f.add_argument("--model")
-    f.add_argument("--task")
-    f.add_argument("--method", help="fedtt (default), adapter, lora, ffa-lora")
-    f.add_argument("--data-dir")
-    f.add_argument("--train-size", type=int)
-    f.add_argument("--epochs", type=float)
-    f.add_argument("--max-length", type=int)
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--lr", type=float)
-    f.add_argument("--rank", type=int)
-    f.add_argument("--lora-rank", type=int)
-    f.add_argument("--warmup", type=float)
-    f.add_argument("--bias", dest="adapter_bias", action="store_const", const=True, help="TT layers with biases")
-    f.add_argument("--adapter-init", choices=["loretta", "near-identity"])
-    f.add_argument("--train-layernorm", type=_layernorm_choice, metavar="{auto,weight,true,false}",
-                   help="LayerNorm gains (weight), gains and biases (true) or none (false); auto: as in the app")
-    f.add_argument("--max-grad-norm", type=float)
-    f.add_argument("--seed", type=int)
-    f.add_argument("--device")
-    f.add_argument("--output-dir")
+    f = sub.add_parser("finetune", help="centralized fine-tune with TT adapters or a baseline (a reference run)",
+                       description="Every option is a key of the run configuration (docs/federated.md), plus "
+                                   "--train-size, --epochs and --warmup; values as in --set (TOML, or a bare word).")
+    _config_options(f)
     f.set_defaults(func=_finetune)
 
     s = sub.add_parser("simulate", help="federated run: Flower's Ray simulation engine through `flwr run`")
