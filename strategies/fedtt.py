@@ -20,6 +20,7 @@ holding ``num-examples``. Pure numpy/Flower: no torch.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -45,14 +46,16 @@ from .schedules import (
 )
 from .ttsvd import average_tt_layers
 from .validation import (
+    MAX_ABS,
     MAX_EXAMPLES,
     BadReply,
     Expected,
     ReplyGate,
+    average_metrics,
     clean_evaluate_reply,
     clean_train_reply,
-    common_metrics,
     expected_of,
+    weight_only,
 )
 from .wire import LAYOUT_PREFIX, PACKED, format_layout, layout_digest
 
@@ -82,9 +85,33 @@ def _matcher(include: Include) -> Callable[[str], bool]:
 def record_bytes(content: RecordDict) -> int:
     """Serialized array bytes of a message's content (Flower's ``ArrayRecord.count_bytes``), plus the
     layout strings of packed records (:mod:`strategies.packing`)."""
-    layouts = sum(len(k) + len(str(v)) for rec in content.config_records.values() for k, v in rec.items()
-                  if k.startswith(LAYOUT_PREFIX))
+    layouts = sum(len(k) + (len(v) if isinstance(v, str | bytes) else 8)
+                  for rec in content.config_records.values() for k, v in rec.items() if k.startswith(LAYOUT_PREFIX))
     return sum(rec.count_bytes() for rec in content.array_records.values()) + layouts
+
+
+def _finite_state(strategy: object) -> bool:
+    """Whether every float array a strategy keeps (FedAdam's ``m_t``/``v_t``, FedAvgM's momentum and copy of the
+    model, and those of a wrapped strategy) is finite: a poisoned state would freeze or wreck every later round."""
+    seen: set[int] = set()
+
+    def finite(value: object, depth: int = 0) -> bool:
+        if id(value) in seen or depth > 4:
+            return True
+        seen.add(id(value))
+        if isinstance(value, np.ndarray):
+            return value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+        if isinstance(value, Array):
+            return finite(as_numpy(value), depth)
+        if isinstance(value, ArrayRecord | dict):
+            return all(finite(v, depth + 1) for v in value.values())
+        if isinstance(value, list | tuple):
+            return all(finite(v, depth + 1) for v in value)
+        if isinstance(value, Strategy):
+            return all(finite(v, depth + 1) for v in vars(value).values())
+        return True
+
+    return finite(strategy)
 
 
 def _subset(arrays: ArrayRecord, names: Iterable[str]) -> ArrayRecord:
@@ -122,18 +149,22 @@ class FedTT(Strategy):
     max_examples : float
         The ceiling on a reply's averaging weight (``num-examples``): a reply claiming more is rejected,
         so one client cannot own the average by claiming a huge dataset.
+    max_abs : float
+        The bound on a reply's values (adapter tensors are O(1)); larger values are a rejection, as they would
+        overflow a server optimizer's state.
 
     Every reply is checked against what the round sent before ``inner`` sees it (:mod:`strategies.validation`):
     one reply per node, exactly the round's tensors with the global shapes and dtypes (metadata, ``.npy``
     header and buffer size agreeing), finite values, a plausible weight, one MetricRecord of finite scalars
-    (keys not in every reply are dropped). A bad reply is logged, counted (``rounds[r]["rejected"]``) and left
-    out; it never ends the run. Whatever ``inner`` returns is cast back to the global tensors' dtypes, and a
-    non-finite aggregate skips the round.
+    (each metric is averaged over the replies that report it). A bad reply is logged, counted
+    (``rounds[r]["rejected"]``) and left out; it never ends the run. Whatever ``inner`` returns is cast back to
+    the global tensors' dtypes; an inner strategy that raises, returns non-finite values or ends with non-finite
+    state skips the round and is restored to its state before it (FedAdam's moments, FedAvgM's momentum).
     """
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
                  min_replies: int = 1, average: Literal["cores", "matrices"] = "cores",
-                 max_examples: float = MAX_EXAMPLES) -> None:
+                 max_examples: float = MAX_EXAMPLES, max_abs: float = MAX_ABS) -> None:
         if average not in ("cores", "matrices"):
             raise ValueError(f"average must be 'cores' or 'matrices', got {average!r}")
         if not max_examples >= 1:
@@ -144,6 +175,7 @@ class FedTT(Strategy):
         self.pack = pack
         self.min_replies = min_replies
         self.max_examples = max_examples
+        self.max_abs = max_abs
         self._train_gate, self._evaluate_gate = ReplyGate(), ReplyGate()
         self._server_round = 0
         self.schedule: Schedule = AllSchedule()
@@ -271,7 +303,8 @@ class FedTT(Strategy):
             if digest != layout_digest(format_layout(self._layout()), self._server_round):
                 raise BadReply("packed reply for other tensors, another order or another round (its layout digest "
                                "does not match this round's)")
-        content = clean_train_reply(msg.content, self.arrays_key, spec, self.weight_key, self.max_examples)
+        content = clean_train_reply(msg.content, self.arrays_key, spec, self.weight_key, self.max_examples,
+                                    self.max_abs)
         if self.pack and not flat:
             content[self.arrays_key] = unpack(content[self.arrays_key], self._layout())
         msg.content = content
@@ -329,7 +362,12 @@ class FedTT(Strategy):
         # The inner strategy sees every travelling tensor, every round (FedOpt and the DP wrappers keep
         # per-tensor state); frozen tensors are filled in server-side when the replies come back.
         self._travelling = names
-        messages = self.inner.configure_train(server_round, _subset(arrays, names), config, grid)
+        sent = _subset(arrays, names)
+        if isinstance(getattr(self.inner, "current_arrays", None), ArrayRecord):
+            # FedAvgM keeps its own copy after round 1; it must step from the model the clients were sent (FedTT+
+            # restores frozen cores, a skipped round keeps the old global)
+            self.inner.current_arrays = sent
+        messages = self.inner.configure_train(server_round, sent, config, grid)
         messages = self._finalise(messages, server_round, train, frozen)
         self._train_gate.open(m.metadata.dst_node_id for m in messages)
         stats["clients"] = len(messages)
@@ -354,15 +392,14 @@ class FedTT(Strategy):
             stats["bytes_up"] += record_bytes(msg.content)
             try:
                 self._clean_train(msg, spec, flat)
-            except (BadReply, ValueError) as exc:
+            except BadReply as exc:
                 self._reject(stats, msg, server_round, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - an unforeseen way to be unreadable costs one reply, not the run
+                self._reject(stats, msg, server_round, f"unreadable ({type(exc).__name__}: {str(exc)[:200]})")
                 continue
             accepted.append(msg)
         self._mark_synced(replies)
-        dropped = common_metrics(accepted)
-        if dropped:
-            log(WARNING, "FedTT: round %s: metric keys not sent by every reply were dropped: %s", server_round,
-                dropped[:5])
         stats["replies"], stats["errors"] = len(accepted), len(errors)
         epsilons = _reply_metric(accepted, "dp-epsilon")
         if epsilons:  # local DP: what the clients of this round have spent so far
@@ -374,22 +411,28 @@ class FedTT(Strategy):
             return self._skip(stats, server_round, f"{len(accepted)} usable repl{'y' if len(accepted) == 1 else 'ies'}"
                                                    f" (fewer than min_replies={self.min_replies})")
         self._warn_untrimmed(stats, server_round, len(accepted))
+        metrics = average_metrics([m.content for m in accepted], self.weight_key)
+        weight_only(accepted, self.weight_key)
         trained = set(self._expected)
         for msg in ([] if fast else accepted):  # canonical order; frozen tensors filled in from the global copy
             rec = msg.content[self.arrays_key]
             msg.content[self.arrays_key] = ArrayRecord(
                 {n: rec[n] if n in trained else self._global[n] for n in self._travelling})
+        stats["train_metrics"] = dict(metrics)
+        before = copy.deepcopy(self.inner)  # its state (moments, momentum) as it was, should this round fail
         try:
-            agg, metrics = self.inner.aggregate_train(server_round, accepted + errors)
-            stats["train_metrics"] = dict(metrics) if metrics else {}
+            agg, _ = self.inner.aggregate_train(server_round, accepted + errors)
             if agg is None:
-                return self._skip(stats, server_round, f"{type(self.inner).__name__} returned no aggregate")
+                raise ValueError(f"{type(self.inner).__name__} returned no aggregate")
             if flat:
                 agg = unpack(agg, self._layout())
             if self.average == "matrices":
                 agg = self._average_matrices(agg, accepted, flat)
             updated = self._conform(agg, self._expected)
+            if not _finite_state(self.inner):
+                raise ValueError(f"{type(self.inner).__name__}'s own state became NaN or Inf")
         except Exception as exc:  # noqa: BLE001 - whatever the inner strategy raises, the run goes on
+            self.inner = before
             return self._skip(stats, server_round, f"aggregation failed: {type(exc).__name__}: {exc}")
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
         merged = ArrayRecord({n: updated.get(n, a) for n, a in self._global.items()})
@@ -445,13 +488,15 @@ class FedTT(Strategy):
                 try:
                     self._evaluate_gate.admit(msg.metadata.src_node_id)
                     msg.content = clean_evaluate_reply(msg.content, self.weight_key, self.max_examples)
-                except BadReply as exc:
-                    self._reject(stats, msg, server_round, str(exc), key="evaluate_rejected")
+                except Exception as exc:  # noqa: BLE001 - BadReply, or unreadable: one reply, not the run
+                    self._reject(stats, msg, server_round, str(exc)[:300], key="evaluate_rejected")
                     continue
             accepted.append(msg)
-        common_metrics([m for m in accepted if not m.has_error()])
+        good = [m for m in accepted if not m.has_error()]
+        metrics = average_metrics([m.content for m in good], self.weight_key) if good else None
+        weight_only(good, self.weight_key)
         try:
-            metrics = self.inner.aggregate_evaluate(server_round, accepted)
+            self.inner.aggregate_evaluate(server_round, accepted)  # its bookkeeping and log; the metrics are ours
         except Exception as exc:  # noqa: BLE001 - a failed evaluation never ends the run
             log(WARNING, "FedTT: round %s: federated evaluation not aggregated: %s: %s", server_round,
                 type(exc).__name__, exc)

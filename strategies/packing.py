@@ -19,15 +19,17 @@ from .wire import PACKED, format_layout, npy_header, parse_layout
 
 def as_numpy(array: Array) -> np.ndarray:
     """The values of a Flower ``Array``, read-only, without numpy's ``.npy`` header parser (see
-    :func:`npy_header`); anything but a plain C-order ``.npy`` of plain values goes the slow way."""
+    :func:`npy_header`); anything but a plain C-order ``.npy`` of plain values goes the slow way. For arrays the
+    server made or checked (:mod:`strategies.validation`), not for a client's raw bytes."""
     if array.stype == "numpy.ndarray":
         try:
-            dtype, shape, offset, fortran = npy_header(array.data)
-        except ValueError:
-            fortran = True
-        if not fortran and not dtype.hasobject:
-            count = int(np.prod(shape, dtype=np.int64))
-            return np.frombuffer(array.data, dtype=dtype, count=count, offset=offset).reshape(shape)
+            descr, shape, offset, fortran = npy_header(array.data)
+            dtype = np.dtype(descr)
+            if not fortran and not dtype.hasobject:
+                count = int(np.prod(shape, dtype=np.int64))
+                return np.frombuffer(array.data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        except (ValueError, TypeError):
+            pass
     return array.numpy()
 
 

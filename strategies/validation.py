@@ -18,11 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from .wire import npy_header
+from .wire import canonical_header, npy_header
 
 METRICS_KEY = "metrics"
 #: the default ceiling on a reply's averaging weight (its claimed example count)
 MAX_EXAMPLES = 1_000_000
+#: the default bound on a reply's values: adapter factors, gains and heads are O(1); values near float32's
+#: range would overflow a server optimizer's squares (FedAdam's v_t) and freeze that tensor for good
+MAX_ABS = 1e6
 
 
 class BadReply(ValueError):
@@ -47,44 +50,57 @@ def expected_of(record: ArrayRecord, names: Iterable[str]) -> list[Expected]:
     return out
 
 
-def decode(array: Array, want: Expected) -> np.ndarray:
-    """The values of a client's ``Array`` if its metadata, its ``.npy`` header and its buffer all say
-    ``want``'s shape and dtype and every value is finite; else :class:`BadReply`."""
+def _short(value: object, limit: int = 60) -> str:
+    """A client's value for a log line: its repr, cut (a crafted one can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def decode(array: Array, want: Expected, max_abs: float = MAX_ABS) -> Array:
+    """A canonical copy of a client's ``Array`` (numpy's own header for ``want``, the client's values) if its
+    metadata, its ``.npy`` header and its buffer all say ``want``'s shape and dtype and every value is finite and
+    at most ``max_abs`` in size; else :class:`BadReply`. Nothing the client wrote is parsed by numpy: dtypes are
+    compared as strings, and the copy's header is the server's, so every later reader (``np.load`` in any inner
+    strategy) reads exactly what was checked."""
     if not isinstance(array, Array) or array.stype != "numpy.ndarray":
-        raise BadReply(f"{want.name}: serialization {getattr(array, 'stype', type(array).__name__)!r}, "
+        raise BadReply(f"{want.name}: serialization {_short(getattr(array, 'stype', type(array).__name__))}, "
                        "expected 'numpy.ndarray'")
+    meta_shape = array.shape if isinstance(array.shape, list | tuple) else None
+    if array.dtype != str(want.dtype) or meta_shape is None or len(meta_shape) != len(want.shape) \
+            or tuple(meta_shape) != want.shape:
+        raise BadReply(f"{want.name}: shape/dtype {_short(meta_shape)}/{_short(array.dtype)}, "
+                       f"expected {want.shape}/{want.dtype}")
     try:
-        meta_shape, meta_dtype = tuple(int(x) for x in array.shape), np.dtype(array.dtype)
-    except (TypeError, ValueError):
-        raise BadReply(f"{want.name}: unreadable metadata (dtype {array.dtype!r}, shape {array.shape!r})") from None
-    if meta_shape != want.shape or meta_dtype != want.dtype:
-        raise BadReply(f"{want.name}: shape/dtype {meta_shape}/{meta_dtype}, expected {want.shape}/{want.dtype}")
-    try:
-        dtype, shape, offset, fortran = npy_header(array.data)
+        descr, shape, offset, fortran = npy_header(array.data)
     except ValueError as exc:
         raise BadReply(f"{want.name}: {exc}") from None
-    if dtype != want.dtype or shape != want.shape or fortran:
-        raise BadReply(f"{want.name}: its bytes say {shape}/{dtype}{' (Fortran order)' if fortran else ''}, "
+    if descr != want.dtype.str or shape != want.shape or fortran:
+        raise BadReply(f"{want.name}: its bytes say {shape}/{descr}{' (Fortran order)' if fortran else ''}, "
                        f"its metadata {want.shape}/{want.dtype}")
-    need = want.dtype.itemsize * math.prod(want.shape)
+    count = math.prod(want.shape)
+    need = want.dtype.itemsize * count
     if len(array.data) - offset != need:
         raise BadReply(f"{want.name}: {len(array.data) - offset} bytes of values, {want.shape}/{want.dtype} "
                        f"needs {need}")
-    values = np.frombuffer(array.data, dtype=want.dtype, count=math.prod(want.shape), offset=offset)
-    if values.dtype.kind in "fc" and not np.isfinite(values).all():
-        raise BadReply(f"{want.name}: contains NaN or Inf")
-    return values.reshape(want.shape)
+    values = np.frombuffer(array.data, dtype=want.dtype, count=count, offset=offset)
+    if values.dtype.kind in "fc":
+        if not np.isfinite(values).all():
+            raise BadReply(f"{want.name}: contains NaN or Inf")
+        if values.size and np.abs(values).max() > max_abs:
+            raise BadReply(f"{want.name}: values up to {np.abs(values).max():.3g}, above the bound {max_abs:g}")
+    header = canonical_header(want.shape, want.dtype.str)
+    if array.data[:offset] == header:
+        return array
+    return Array(dtype=str(want.dtype), shape=want.shape, stype="numpy.ndarray", data=header + array.data[offset:])
 
 
-def check_arrays(record: ArrayRecord, expected: list[Expected]) -> ArrayRecord:
+def check_arrays(record: ArrayRecord, expected: list[Expected], max_abs: float = MAX_ABS) -> ArrayRecord:
     """``record`` with exactly the ``expected`` tensors, in that order, each verified by :func:`decode`."""
     got, want = set(record.keys()), {e.name for e in expected}
     if got != want:
-        raise BadReply(f"tensor names differ from the round's (unknown: {sorted(got - want)[:3]}, "
+        raise BadReply(f"tensor names differ from the round's (unknown: {_short(sorted(got - want)[:3])}, "
                        f"missing: {sorted(want - got)[:3]})")
-    for e in expected:
-        decode(record[e.name], e)
-    return ArrayRecord({e.name: record[e.name] for e in expected})
+    return ArrayRecord({e.name: decode(record[e.name], e, max_abs) for e in expected})
 
 
 def check_weight(metrics: MetricRecord, key: str, ceiling: float) -> None:
@@ -111,7 +127,7 @@ def only_metrics(content: RecordDict) -> MetricRecord:
 
 
 def clean_train_reply(content: RecordDict, arrays_key: str, expected: list[Expected], weight_key: str,
-                      ceiling: float) -> RecordDict:
+                      ceiling: float, max_abs: float = MAX_ABS) -> RecordDict:
     """The canonical content of a train reply (``{arrays_key: verified tensors, "metrics": finite scalars}``),
     or :class:`BadReply`. ConfigRecords are the caller's to check first; they are not passed on."""
     arrays = content.array_records
@@ -119,7 +135,7 @@ def clean_train_reply(content: RecordDict, arrays_key: str, expected: list[Expec
         raise BadReply(f"ArrayRecords {sorted(arrays.keys())[:3]}, expected exactly one named '{arrays_key}'")
     metrics = only_metrics(content)
     check_weight(metrics, weight_key, ceiling)
-    record = check_arrays(arrays[arrays_key], expected)
+    record = check_arrays(arrays[arrays_key], expected, max_abs)
     return RecordDict({arrays_key: record, METRICS_KEY: MetricRecord(finite_scalars(metrics))})
 
 
@@ -130,19 +146,29 @@ def clean_evaluate_reply(content: RecordDict, weight_key: str, ceiling: float) -
     return RecordDict({METRICS_KEY: MetricRecord(finite_scalars(metrics))})
 
 
-def common_metrics(replies: list[Message]) -> list[str]:
-    """Keep, in every cleaned reply, only the metric keys all of them have (Flower's averaging requires one
-    key set); returns the keys dropped somewhere, for the log."""
-    if not replies:
-        return []
-    keys = [set(m.content[METRICS_KEY].keys()) for m in replies]
-    common = set.intersection(*keys)
-    dropped = sorted(set.union(*keys) - common)
-    if dropped:
-        for msg in replies:
-            rec = msg.content[METRICS_KEY]
-            msg.content[METRICS_KEY] = MetricRecord({k: v for k, v in rec.items() if k in common})
-    return dropped
+def average_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Each metric's weighted mean over the replies that report it (Flower's arithmetic: ``value * w / total``
+    in reply order, so with the same keys everywhere the numbers are Flower's bit for bit). A key one client
+    leaves out or sends as NaN (dropped by :func:`finite_scalars`) does not blank it for the others."""
+    weights = [float(c[METRICS_KEY][weight_key]) for c in contents]
+    keys = dict.fromkeys(k for c in contents for k in c[METRICS_KEY] if k != weight_key)
+    out = {}
+    for key in keys:
+        having = [(c[METRICS_KEY][key], w) for c, w in zip(contents, weights, strict=True) if key in c[METRICS_KEY]]
+        total = sum(w for _, w in having)
+        value = 0.0
+        for v, w in having:
+            value += v * (w / total)
+        out[key] = value
+    return MetricRecord(out)
+
+
+def weight_only(replies: list[Message], weight_key: str) -> None:
+    """Leave each cleaned reply's MetricRecord with its weight alone: what the inner strategy needs to average
+    the arrays, with one key set for all (Flower's consistency check); the metrics are averaged by
+    :func:`average_metrics`."""
+    for msg in replies:
+        msg.content[METRICS_KEY] = MetricRecord({weight_key: msg.content[METRICS_KEY][weight_key]})
 
 
 class ReplyGate:

@@ -4,6 +4,7 @@ replies) and the library's byte report (which must not import Flower)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -15,28 +16,35 @@ LAYOUT_PREFIX = "fedtt-layout:"
 _NPY_MAGIC = b"\x93NUMPY"
 
 
+#: the header numpy writes: a plain dtype string, C or Fortran order, a shape of at most 8 dimensions, padding
 _NPY_HEADER = re.compile(
-    rb"\{'descr': '([^']{1,16})', 'fortran_order': (False|True), 'shape': \(([0-9, ]{0,200})\), \} *\n?")
+    rb"\{'descr': '([<>|=]?[a-zA-Z][0-9]{0,3})', 'fortran_order': (False|True), "
+    rb"'shape': \((\d{1,12}(?:, \d{1,12}){1,7}|\d{1,12},|)\), \} *\n")
 
 
-def npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int, bool]:
-    """``(dtype, shape, offset of the values, fortran_order)`` from the ``.npy`` header numpy writes; ValueError
-    for anything else. Strict on purpose: it reads bytes a client sent, and it is what lets :func:`as_numpy`
-    skip ``np.load``'s ``ast.literal_eval`` per array (70 % of the server's aggregation time for TT cores)."""
-    if data[:6] != _NPY_MAGIC or len(data) < 10 or data[6] not in (1, 2, 3):
-        raise ValueError("not a .npy buffer (bad magic or version)")
-    size_bytes = 2 if data[6] == 1 else 4
-    start = 8 + size_bytes
-    end = start + int.from_bytes(data[8:start], "little")
-    match = _NPY_HEADER.fullmatch(data[start:end]) if end <= len(data) else None
+def npy_header(data: bytes) -> tuple[str, tuple[int, ...], int, bool]:
+    """``(dtype string, shape, offset of the values, fortran_order)`` from the ``.npy`` header numpy writes
+    (version 1.0, at most 65,535 bytes); ValueError for anything else. Strict on purpose: it reads bytes a client
+    sent, and it parses nothing with numpy (``np.dtype`` of a crafted string can raise SyntaxError or take
+    seconds). It is also what lets :func:`strategies.packing.as_numpy` skip ``np.load``'s ``ast.literal_eval``
+    per array (70 % of the server's aggregation time for TT cores)."""
+    if data[:8] != _NPY_MAGIC + b"\x01\x00" or len(data) < 10:
+        raise ValueError("not a .npy 1.0 buffer (bad magic or version)")
+    end = 10 + int.from_bytes(data[8:10], "little")
+    match = _NPY_HEADER.fullmatch(data[10:end]) if end <= len(data) else None
     if match is None:
         raise ValueError("malformed .npy header")
-    try:
-        dtype = np.dtype(match[1].decode("ascii"))
-        shape = tuple(int(x) for x in match[3].split(b",") if x.strip())
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"malformed .npy header ({exc})") from None
-    return dtype, shape, end, match[2] == b"True"
+    shape = tuple(int(x) for x in match[3].split(b",") if x.strip())
+    return match[1].decode("ascii"), shape, end, match[2] == b"True"
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    """The ``.npy`` header numpy writes for a C-order array of this shape and dtype."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                  "shape": tuple(shape)})
+    return buffer.getvalue()
 
 
 def format_layout(entries: list[tuple[str, tuple[int, ...]]]) -> str:
@@ -70,7 +78,5 @@ def parse_layout(layout: str) -> list[tuple[str, tuple[int, ...]]]:
 
 def npy_size(shape: tuple[int, ...], dtype: str = "float32") -> int:
     """Bytes of an array of this shape and dtype saved as ``.npy`` (what a Flower ``Array`` carries)."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(dtype).str, "fortran_order": False,
-                                                   "shape": tuple(int(x) for x in shape)})
-    return len(header.getvalue()) + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    shape = tuple(int(x) for x in shape)
+    return len(canonical_header(shape, dtype)) + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
