@@ -433,7 +433,7 @@ class FedTT(Strategy):
                 raise ValueError(f"{type(self.inner).__name__}'s own state became NaN or Inf")
         except Exception as exc:  # noqa: BLE001 - whatever the inner strategy raises, the run goes on
             self.inner = before
-            return self._skip(stats, server_round, f"aggregation failed: {type(exc).__name__}: {exc}")
+            return self._skip(stats, server_round, f"aggregation failed: {type(exc).__name__}: {str(exc)[:300]}")
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
         merged = ArrayRecord({n: updated.get(n, a) for n, a in self._global.items()})
         for n in trained:
