@@ -5,22 +5,19 @@ through it and prints, per hidden layer, the mean distance of a sentence's token
 batch mean ("spread": 0 when every sentence maps to the same vector), and per TT adapter the norm of
 what it adds against the norm of what it reads. docs/convergence.md uses it on the Dirichlet 0.1 runs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adapter_outputs.py benchmarks/out/convergence/RUN/adapter.safetensors
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.adapter_outputs benchmarks/out/convergence/RUN/adapter.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fedtt_flwr.checkpoint import load_adapted_model  # noqa: E402
-from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
-from fedtt_flwr.models import MaskedMeanPooler  # noqa: E402
+from fedtt_flwr.checkpoint import load_adapted_model
+from fedtt_flwr.data import default_data_dir, load_split
+from fedtt_flwr.models import MaskedMeanPooler
 
 
 def inspect(adapter_file: str, n: int, data_dir: str | None) -> dict:

@@ -7,30 +7,26 @@ with Flower's FedAvg inside (unpacked replies), with FastFedAvg (unpacked, and p
 reply, averaged as it is), and FedTT+ (one round's trainable cores) with FastFedAvg, packed. Writes
 results/aggregate.json and the table of docs/performance.md.
 
-    .venv/bin/python benchmarks/aggregate.py [--clients 10,100,1000] [--reps 5]
+    .venv/bin/python -m benchmarks.aggregate [--clients 10,100,1000] [--reps 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine, publish, write_result  # noqa: E402
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord  # noqa: E402
-from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-
-from fedtt_flwr.adapters import get_adapter_state  # noqa: E402
-from fedtt_flwr.config import RunConfig  # noqa: E402
-from fedtt_flwr.inprocess import InProcessGrid  # noqa: E402
-from fedtt_flwr.methods import build_model  # noqa: E402
-from strategies import FastFedAvg, FedTT, FedTTPlus, make_schedule, named_arrays, reply_content, round_trainable  # noqa: E402
+from benchmarks._common import RESULTS, machine, publish, write_result
+from fedtt_flwr.adapters import get_adapter_state
+from fedtt_flwr.config import RunConfig
+from fedtt_flwr.inprocess import InProcessGrid
+from fedtt_flwr.methods import build_model
+from strategies import FastFedAvg, FedTT, FedTTPlus, make_schedule, named_arrays, reply_content, round_trainable
 
 DOC = RESULTS.parents[1] / "docs" / "performance.md"
 
@@ -99,7 +95,7 @@ def main() -> None:
                          "samples_s": [round(t, 4) for t in times]})
             print(f"N={n:5d} {variant:14s} median {rows[-1]['median_s']:.4f} s", flush=True)
     write_result("aggregate", {"rows": rows, "tensors": len(state), "values": int(sum(v.size for v in state.values())),
-                               "machine": machine(), "command": ".venv/bin/python benchmarks/aggregate.py"})
+                               "machine": machine(), "command": ".venv/bin/python -m benchmarks.aggregate"})
     text = ["| clients N | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 1) + "|"]
     for n in sorted({r["clients"] for r in rows}):
         text.append(f"| {n} | " + " | ".join(f"{r['median_s']:.3f} s" for r in rows if r["clients"] == n) + " |")

@@ -5,23 +5,22 @@ common settings (benchmarks/grid.py) but more rounds and a dev evaluation after 
 one JSON in benchmarks/results/convergence/ (a rerun skips finished runs); ``--set`` runs a variant (a lever),
 ``--report`` writes the MB-to-target table and one plot per setting.
 
-    .venv/bin/python benchmarks/convergence.py --task sst2 --alpha 0.5 --methods fedtt,lora --seeds 0,1,2
-    .venv/bin/python benchmarks/convergence.py --task sst2 --alpha 0.5 --methods fedtt --set lr=1e-3
-    .venv/bin/python benchmarks/convergence.py --report
+    .venv/bin/python -m benchmarks.convergence --task sst2 --alpha 0.5 --methods fedtt,lora --seeds 0,1,2
+    .venv/bin/python -m benchmarks.convergence --task sst2 --alpha 0.5 --methods fedtt --set lr=1e-3
+    .venv/bin/python -m benchmarks.convergence --report
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import publish  # noqa: E402
-from grid import METHODS, RESULTS, Cell, mb_to_target, run_federated, save_figure  # noqa: E402
+from benchmarks._common import publish
+from benchmarks.grid import METHODS, RESULTS, Cell, mb_to_target, run_federated, save_figure
 
 OUT = RESULTS / "convergence"
 RUNS = RESULTS.parent / "out" / "convergence"
@@ -33,7 +32,12 @@ TARGETS = {"sst2": ("accuracy", 0.80), "mrpc": ("accuracy", 0.75), "rte": ("accu
 
 
 def run_name(cell: Cell, rounds: int, overrides: dict) -> str:
-    return f"{cell.key}-r{rounds}" + "".join(f"__{k}={v}" for k, v in sorted(overrides.items()))
+    """``<cell>-r<rounds>``, plus 8 hex digits of the overrides when there are any (the settings themselves are in
+    the JSON: ``overrides`` and ``run_config``)."""
+    if not overrides:
+        return f"{cell.key}-r{rounds}"
+    digest = hashlib.sha256(json.dumps(sorted(overrides.items())).encode()).hexdigest()[:8]
+    return f"{cell.key}-r{rounds}-{digest}"
 
 
 def lever(result: dict) -> str:
@@ -53,7 +57,7 @@ def run(task: str, alpha: float, methods: list[str], seeds: list[int], rounds: i
                 continue
             print(f"[convergence] {name}", flush=True)
             sets = "".join(f" --set {k}={v}" for k, v in sorted(overrides.items()))
-            command = (f".venv/bin/python benchmarks/convergence.py --task {task} --alpha {alpha:g} --methods {method}"
+            command = (f".venv/bin/python -m benchmarks.convergence --task {task} --alpha {alpha:g} --methods {method}"
                        f" --seeds {seed} --rounds {rounds}{sets}")
             result = run_federated(cell, {"num-server-rounds": rounds, "eval-every": 1, **overrides}, runs=RUNS,
                                    name=name, command=command)

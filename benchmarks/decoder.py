@@ -4,19 +4,15 @@ Each variant is one `fedtt-flwr simulate` run; a finished run (its summary.json)
 benchmarks/results/decoder.json and the generated block of docs/decoders.md: the zero-shot backbone,
 round 0 (adapters initialised), the final round, bytes per round and wall time.
 
-    .venv/bin/python benchmarks/decoder.py
+    .venv/bin/python -m benchmarks.decoder
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, publish  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir  # noqa: E402
+from benchmarks._common import RESULTS, publish
+from fedtt_flwr.data import default_data_dir
 
 RUNS = RESULTS.parent / "out" / "decoder"
 OUT = RESULTS / "decoder.json"

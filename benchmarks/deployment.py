@@ -5,7 +5,7 @@ partitions 0 and 1 of SST-2 (Dirichlet 0.5), one unregistered SuperNode (refused
 round the wall time and the bytes up and down, as the strategy counts them and as Flower transmits them;
 writes results/deployment.json and the "measured" block of docs/deployment.md.
 
-    .venv/bin/python benchmarks/deployment.py
+    .venv/bin/python -m benchmarks.deployment
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine, publish, write_result  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir  # noqa: E402
-from fedtt_flwr.deploy import loopback, node_config  # noqa: E402
+from benchmarks._common import RESULTS, machine, publish, write_result
+from fedtt_flwr.data import default_data_dir
+from fedtt_flwr.deploy import loopback, node_config
 
 DOC = RESULTS.parents[1] / "docs" / "deployment.md"
 NODES = 2
 RUN = {"model": "minilm", "task": "sst2", "method": "fedtt", "num-server-rounds": 3, "local-steps": 10,
        "batch-size": 16, "max-length": 64, "min-clients": NODES, "central-eval": True, "run-name": "deployment",
        "pack-arrays": False}  # as measured; packed sizes: benchmarks/wire_bytes.py
-COMMAND = ".venv/bin/python benchmarks/deployment.py"
+COMMAND = ".venv/bin/python -m benchmarks.deployment"
 
 
 def measure() -> dict:

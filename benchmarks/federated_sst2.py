@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir  # noqa: E402
-from fedtt_flwr.launch import simulate  # noqa: E402
+from benchmarks._common import RESULTS
+from fedtt_flwr.data import default_data_dir
+from fedtt_flwr.launch import simulate
 
 
 class RssSampler(threading.Thread):

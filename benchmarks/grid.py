@@ -6,11 +6,11 @@ cell goes to benchmarks/results/grid/; a rerun skips finished cells, so an inter
 `--report` (also run after every cell) writes the markdown tables and the PNG plots from those files.
 `--check-flwr` runs one small cell per method both through `flwr run` and in-process and compares.
 
-    .venv/bin/python benchmarks/grid.py                   # the whole grid, in priority order
-    .venv/bin/python benchmarks/grid.py --only task=sst2,seed=0 --list
-    .venv/bin/python benchmarks/grid.py --report
-    .venv/bin/python benchmarks/grid.py --check-flwr
-    .venv/bin/python benchmarks/grid.py --only key=sst2-device-dir1-fedtt-s0 --set lr=1e-3   # a variant
+    .venv/bin/python -m benchmarks.grid                   # the whole grid, in priority order
+    .venv/bin/python -m benchmarks.grid --only task=sst2,seed=0 --list
+    .venv/bin/python -m benchmarks.grid --report
+    .venv/bin/python -m benchmarks.grid --check-flwr
+    .venv/bin/python -m benchmarks.grid --only key=sst2-device-dir1-fedtt-s0 --set lr=1e-3   # a variant
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import json
 import math
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, publish  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir, get_task  # noqa: E402
-from fedtt_flwr.methods import all_methods  # noqa: E402
+from benchmarks._common import RESULTS, publish
+from fedtt_flwr.data import default_data_dir, get_task
+from fedtt_flwr.methods import all_methods
 
 GRID = RESULTS / "grid"
 RUNS = RESULTS.parent / "out" / "grid"
@@ -123,7 +120,7 @@ def run_federated(cell: Cell, overrides: dict | None = None, *, runs: Path | Non
     run_inprocess(cfg, SETTINGS[cell.setting][0])
     sets = "".join(f" --set {k}={v}" for k, v in sorted((overrides or {}).items()))
     return collect(cell, cfg, runs / name, time.perf_counter() - t0,
-                   command or f".venv/bin/python benchmarks/grid.py --only key={cell.key}{sets}")
+                   command or f".venv/bin/python -m benchmarks.grid --only key={cell.key}{sets}")
 
 
 def collect(cell: Cell, cfg: dict, folder: Path, wall: float, command: str) -> dict:
@@ -161,7 +158,7 @@ def run_central(cell: Cell) -> dict:
             "trainable_params": result["params"]["travelling"],
             "final": {m: result["dev"].get(m) for m in get_task(cell.task).metrics},
             "wall_s": round(time.perf_counter() - t0, 1),
-            "command": f".venv/bin/python benchmarks/grid.py --only key={cell.key}"}
+            "command": f".venv/bin/python -m benchmarks.grid --only key={cell.key}"}
 
 
 def matches(cell: Cell, only: str) -> bool:
@@ -372,7 +369,7 @@ CHECK = RESULTS / "grid_flwr_check.json"
 def check_table() -> str:
     """The `flwr run` vs in-process comparison, one row per method."""
     if not CHECK.exists():
-        return "*Not run yet: `.venv/bin/python benchmarks/grid.py --check-flwr`.*"
+        return "*Not run yet: `.venv/bin/python -m benchmarks.grid --check-flwr`.*"
     rows = ["| method | rounds | max abs diff, dev loss | max abs diff, dev accuracy | bytes per round equal | "
             "wall, flwr run | wall, in-process |", "|---|---|---|---|---|---|---|"]
     for m, r in json.loads(CHECK.read_text()).items():
@@ -381,7 +378,7 @@ def check_table() -> str:
                     f"{r['flwr']['wall_s']:.0f} s | {r['inprocess']['wall_s']:.0f} s |")
     cfg = next(iter(json.loads(CHECK.read_text()).values()))["config"]
     keep = ("task", "num-server-rounds", "local-steps", "partition", "alpha", "seed")
-    return ("Command: `.venv/bin/python benchmarks/grid.py --check-flwr`; 4 clients, all in every round, "
+    return ("Command: `.venv/bin/python -m benchmarks.grid --check-flwr`; 4 clients, all in every round, "
             + ", ".join(f"`{k}={cfg[k]}`" for k in keep) + "; dev metrics after every round.\n\n" + "\n".join(rows))
 
 

@@ -6,24 +6,19 @@ The pooler is the model's [CLS] dense + tanh (what Hugging Face's BERT head read
 sentence-transformers checkpoint was trained to produce (``pooling = auto`` picks it). Results:
 benchmarks/results/linear_probe.json.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/linear_probe.py
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.linear_probe
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
-from fedtt_flwr.models import MaskedMeanPooler, load_model  # noqa: E402
+from benchmarks._common import RESULTS
+from fedtt_flwr.data import default_data_dir, load_split
+from fedtt_flwr.models import MaskedMeanPooler, load_model
 
 
 def features(model, tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 A tiny random BERT and tiny SST-2-style data (the test suite's), fixed seeds, 3 in-process nodes. Run it before
 and after a change that must not change behaviour and compare: the same hashes mean the same numbers, bit for bit.
 
-    .venv/bin/python benchmarks/method_hashes.py [--out benchmarks/results/method_hashes.json] [--check FILE]
+    .venv/bin/python -m benchmarks.method_hashes [--out benchmarks/results/method_hashes.json] [--check FILE]
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-from conftest import save_tiny_bert, save_tiny_sst2  # noqa: E402
-
-from fedtt_flwr.inprocess import run_inprocess  # noqa: E402
+from fedtt_flwr.inprocess import run_inprocess
+from tests.conftest import save_tiny_bert, save_tiny_sst2
 
 METHODS = ("fedtt", "fedtt+", "lora", "ffa-lora", "rolora", "adapter")
 

@@ -7,8 +7,8 @@ per step here cannot catch up in a federated run, so this is the cheap filter fo
 per variant on one CPU thread). Results: one line per variant in benchmarks/results/per_step.jsonl (a
 rerun skips the variants done); ``--report`` writes the table into docs/convergence-log.md.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/per_step.py --only tt-default,lora
-    .venv/bin/python benchmarks/per_step.py --report
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.per_step --only tt-default,lora
+    .venv/bin/python -m benchmarks.per_step --report
 """
 
 from __future__ import annotations
@@ -16,24 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, publish  # noqa: E402
-
-import fedtt_flwr.tt as tt_module  # noqa: E402
-from fedtt_flwr.adapters import add_tt_adapters, norm_param_names  # noqa: E402
-from fedtt_flwr.config import TTAdapterConfig  # noqa: E402
-from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
-from fedtt_flwr.methods import add_lora  # noqa: E402
-from fedtt_flwr.models import load_model, set_mean_pooling  # noqa: E402
-from fedtt_flwr.train import cycle, evaluate, make_loader, tokenize, train_steps  # noqa: E402
+import fedtt_flwr.tt as tt_module
+from benchmarks._common import RESULTS, publish
+from fedtt_flwr.adapters import add_tt_adapters, norm_param_names
+from fedtt_flwr.config import TTAdapterConfig
+from fedtt_flwr.data import default_data_dir, load_split
+from fedtt_flwr.methods import add_lora
+from fedtt_flwr.models import load_model, set_mean_pooling
+from fedtt_flwr.train import cycle, evaluate, make_loader, tokenize, train_steps
 
 OUT = RESULTS / "per_step.jsonl"
 DOC = RESULTS.parents[1] / "docs" / "convergence-log.md"  # the per-step table lives in the study's log

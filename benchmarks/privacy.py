@@ -4,9 +4,9 @@ Every run drives this project's ServerApp and ClientApp in-process (fedtt_flwr.i
 settings except the DP keys; a finished run (its JSON in benchmarks/results/privacy/) is skipped. Writes
 the table of docs/privacy.md.
 
-    .venv/bin/python benchmarks/privacy.py                 # every variant not yet in results/privacy/
-    .venv/bin/python benchmarks/privacy.py no-dp eps8      # some of them
-    .venv/bin/python benchmarks/privacy.py --report        # only rewrite the table
+    .venv/bin/python -m benchmarks.privacy                 # every variant not yet in results/privacy/
+    .venv/bin/python -m benchmarks.privacy no-dp eps8      # some of them
+    .venv/bin/python -m benchmarks.privacy --report        # only rewrite the table
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, publish  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir  # noqa: E402
+from benchmarks._common import RESULTS, publish
+from fedtt_flwr.data import default_data_dir
 
 OUT = RESULTS / "privacy"
 RUNS = RESULTS.parent / "out" / "privacy"
@@ -51,7 +48,7 @@ def run(name: str) -> dict:
             "epsilon_max": dp_lines[-1]["dp_epsilon_max"] if dp_lines else None,
             "epsilon_mean": dp_lines[-1]["dp_epsilon_mean"] if dp_lines else None,
             "errors": sum(x.get("errors", 0) for x in lines), "wall_s": round(time.perf_counter() - t0, 1),
-            "command": f".venv/bin/python benchmarks/privacy.py  # variant {name}"}
+            "command": f".venv/bin/python -m benchmarks.privacy  # variant {name}"}
 
 
 def table(results: dict) -> str:

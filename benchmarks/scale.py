@@ -6,7 +6,7 @@ RSS of the simulation driver (ServerApp + Ray driver), of the Ray workers (Clien
 (SuperLink, raylet, GCS), sampled every 0.5 s. One JSON per N in results/scale/ (a rerun skips finished N),
 a plot of these against N, and the table of docs/performance.md.
 
-    .venv/bin/python benchmarks/scale.py [--clients 10,100,1000] [--rounds 3] [--report]
+    .venv/bin/python -m benchmarks.scale [--clients 10,100,1000] [--rounds 3] [--report]
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine, publish  # noqa: E402
-from grid import save_figure  # noqa: E402
-
-from fedtt_flwr.data import default_data_dir  # noqa: E402
-from fedtt_flwr.launch import simulate  # noqa: E402
+from benchmarks._common import RESULTS, machine, publish
+from benchmarks.grid import save_figure
+from fedtt_flwr.data import default_data_dir
+from fedtt_flwr.launch import simulate
 
 OUT = RESULTS / "scale"
 RUNS = RESULTS.parent / "out" / "scale"
@@ -87,7 +84,7 @@ def run(n: int, rounds: int) -> dict:
                            "replies": x["replies"]})
     return {"clients": n, "per_round": PER_ROUND, "settings": cfg, "wall_s": round(wall, 1),
             "peak_rss_mb": {k: round(v) for k, v in sampler.peak.items()}, "rounds": rounds_out,
-            "machine": machine(), "command": ".venv/bin/python benchmarks/scale.py"}
+            "machine": machine(), "command": ".venv/bin/python -m benchmarks.scale"}
 
 
 def summary(r: dict) -> dict:

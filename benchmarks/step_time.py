@@ -8,7 +8,7 @@ whole network (the input embeddings' output requires grad): the backward work ev
 at least. Variants are interleaved and reported as medians with ratios; ``--profile`` adds where the
 TT step's time goes (torch.profiler, top operators by self CPU time; the adapters' own forward).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/step_time.py [--model minilm|smollm2-135m]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.step_time [--model minilm|smollm2-135m]
         [--batch 32 --seq 128 --rounds 6 --reps 3] [--profile]
 """
 
@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from _common import interleaved_medians, machine, write_result  # noqa: E402
-
-from fedtt_flwr.adapters import AdaptedLinear, TTAdapter  # noqa: E402
-from fedtt_flwr.config import RunConfig  # noqa: E402
-from fedtt_flwr.data import default_data_dir, load_split  # noqa: E402
-from fedtt_flwr.methods import build_model, prompt_task  # noqa: E402
-from fedtt_flwr.models import pick_device  # noqa: E402
-from fedtt_flwr.train import make_loader, tokenize  # noqa: E402
+from benchmarks._common import interleaved_medians, machine, write_result
+from fedtt_flwr.adapters import AdaptedLinear, TTAdapter
+from fedtt_flwr.config import RunConfig
+from fedtt_flwr.data import default_data_dir, load_split
+from fedtt_flwr.methods import build_model, prompt_task
+from fedtt_flwr.models import pick_device
+from fedtt_flwr.train import make_loader, tokenize
 
 
 def strip_adapters(model: torch.nn.Module) -> torch.nn.Module:

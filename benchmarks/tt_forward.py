@@ -1,22 +1,18 @@
 """TT adapter forward+backward: rebuild-then-matmul vs direct contraction, per hidden size.
 
 Times one TTAdapter (down h->64, ReLU, up 64->h) on N tokens, both forward modes interleaved.
-Usage: .venv/bin/python benchmarks/tt_forward.py [--tokens 4096 --rounds 8 --reps 5]
+Usage: .venv/bin/python -m benchmarks.tt_forward [--tokens 4096 --rounds 8 --reps 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import interleaved_medians, machine, write_result  # noqa: E402
-
-from fedtt_flwr import TTAdapterConfig, pick_device  # noqa: E402
-from fedtt_flwr.adapters import TTAdapter  # noqa: E402
+from benchmarks._common import interleaved_medians, machine, write_result
+from fedtt_flwr import TTAdapterConfig, pick_device
+from fedtt_flwr.adapters import TTAdapter
 
 
 def main() -> None:

@@ -3,28 +3,23 @@ of tensor bytes, per method, with and without `pack-arrays`; MiniLM on SST-2. No
 are stood in for by distinct random numbers (identical arrays, e.g. LoRA's zero B at initialisation, are sent
 once per message by Flower, which would flatter an untrained state).
 
-    .venv/bin/python benchmarks/wire_bytes.py
+    .venv/bin/python -m benchmarks.wire_bytes
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import write_result  # noqa: E402
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-
-from fedtt_flwr.adapters import get_adapter_state  # noqa: E402
-from fedtt_flwr.config import RunConfig  # noqa: E402
-from fedtt_flwr.methods import build_model  # noqa: E402
-from fedtt_flwr.server import wire_bytes  # noqa: E402
-from strategies import record_bytes, reply_content  # noqa: E402
-from strategies.packing import pack  # noqa: E402
-from strategies.wire import LAYOUT_PREFIX  # noqa: E402
+from benchmarks._common import write_result
+from fedtt_flwr.adapters import get_adapter_state
+from fedtt_flwr.config import RunConfig
+from fedtt_flwr.methods import build_model
+from fedtt_flwr.server import wire_bytes
+from strategies import record_bytes, reply_content
+from strategies.packing import pack
+from strategies.wire import LAYOUT_PREFIX
 
 METHODS = ("fedtt", "lora", "ffa-lora", "adapter")
 
@@ -57,7 +52,7 @@ def main() -> None:
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # Messages outside a Flower runtime
     rows = {m: measure(m) for m in METHODS}
     write_result("wire_bytes", {"model": "minilm", "rows": rows,
-                                "command": ".venv/bin/python benchmarks/wire_bytes.py"})
+                                "command": ".venv/bin/python -m benchmarks.wire_bytes"})
     print("| method | tensors | values | counted | on the wire | counted, packed | on the wire, packed |"
           " lora / method on the wire (unpacked, packed) |")
     print("|---|---|---|---|---|---|---|---|")

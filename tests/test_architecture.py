@@ -122,3 +122,10 @@ assert not any(m == "flwr" or m.startswith("flwr.") for m in sys.modules), "flwr
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_benchmarks_are_a_package_without_path_hacks():
+    """``python -m benchmarks.<name>`` from the repository root: no script edits ``sys.path``."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert (ROOT / "benchmarks" / "__init__.py") in scripts
+    assert not [p.name for p in scripts if "sys.path.insert" in p.read_text()]
