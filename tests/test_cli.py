@@ -70,18 +70,19 @@ def test_simulate_rejects_a_bad_setting_before_starting_anything(capsys, monkeyp
     assert "--set expects key=value" in capsys.readouterr().err
 
 
-def test_simulate_passes_absolute_paths_and_typed_values(monkeypatch, tmp_path):
+def test_simulate_passes_absolute_paths_and_typed_values(monkeypatch, tmp_path, tiny_sst2_dir):
     import fedtt_flwr.launch as launch
 
     seen = {}
     monkeypatch.setattr(launch, "simulate", lambda **kw: seen.update(kw) or 0)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEDTT_DATA_DIR", str(tiny_sst2_dir))  # a fresh clone has no ../shared/data
     assert main(["simulate", "--num-clients", "4", "--set", "method=fedtt+", "--set", "alpha=0.1",
                  "--set", "central-eval=false", "--set", "output-dir=out"]) == 0
     cfg = seen["run_config"]
     assert seen["num_supernodes"] == 4
     assert cfg["method"] == "fedtt+" and cfg["alpha"] == 0.1 and cfg["central-eval"] is False
-    assert cfg["output-dir"] == str(tmp_path / "out")
+    assert cfg["output-dir"] == str(tmp_path / "out") and cfg["data-dir"] == str(tiny_sst2_dir.resolve())
     from fedtt_flwr.processes import format_overrides
 
     assert format_overrides({"a": 1, "b": "x y", "c": True}) == 'a=1 b="x y" c=true'
