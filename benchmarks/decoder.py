@@ -10,6 +10,7 @@ round 0 (adapters initialised), the final round, bytes per round and wall time.
 from __future__ import annotations
 
 import json
+import shutil
 
 from benchmarks._common import RESULTS, publish
 from fedtt_flwr.data import default_data_dir
@@ -37,6 +38,7 @@ def run(name: str) -> None:
     from fedtt_flwr.launch import simulate
 
     cfg = {**BASE, **VARIANTS[name], "run-name": name, "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
+    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted run starts over (a run folder is never shared)
     code = simulate(num_supernodes=CLIENTS, run_config=cfg, stream=False)
     if code != 0 or not (RUNS / name / "summary.json").exists():
         raise SystemExit(f"flwr run for {name} failed (exit {code}); see its log")

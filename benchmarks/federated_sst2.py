@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -67,6 +68,7 @@ def main() -> None:
         if (folder / "summary.json").exists():  # finished earlier, its result not recorded: reuse it
             code, wall, rss = 0, None, None
         else:
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted run starts over (a folder is never shared)
             sampler = RssSampler("ClientAppActor")
             sampler.start()
             t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import threading
@@ -63,6 +64,7 @@ def run(n: int, rounds: int) -> dict:
     name = f"n{n}"
     cfg = {**BASE, "num-server-rounds": rounds, "fraction-train": PER_ROUND / n, "run-name": name,
            "output-dir": str(RUNS), "data-dir": str(default_data_dir().resolve())}
+    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted run starts over (a run folder is never shared)
     sampler = RssSampler()
     sampler.start()
     t0 = time.perf_counter()

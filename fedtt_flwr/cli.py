@@ -73,17 +73,20 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def app_overrides(items: list[str] | None, num_clients: int | None = None, local_data: bool = True) -> dict:
-    """``--set`` overrides for a ``flwr run``, with absolute paths (flwr runs the apps from the SuperLink's
-    folder), the data source resolved (``local_data``: the apps read it on this machine, as in a simulation) and
-    the whole run checked here, before anything starts (:mod:`fedtt_flwr.preflight`)."""
+    """``--set`` overrides for a ``flwr run``, checked before anything starts (:mod:`fedtt_flwr.preflight`). With
+    ``local_data`` (a simulation, loopback: the apps run on this machine) also with absolute paths (flwr runs the
+    apps from the SuperLink's folder), the data source resolved and everything about this machine checked;
+    without (``deploy run`` from a laptop) only what does not depend on the machine."""
     from .config import RunConfig
     from .preflight import preflight
 
     overrides = parse_overrides(items or [])
+    if not local_data:  # `deploy run`: the apps run on the SuperLink's machine: its paths, model and data
+        preflight(RunConfig.from_flower(overrides), num_clients, on_this_machine=False)
+        return overrides
     overrides["output-dir"] = str(Path(overrides.get("output-dir", "runs")).expanduser().resolve())
     cfg = RunConfig.from_flower(overrides)  # a bad key or value: fail here
-    if local_data or cfg.central_eval:
-        overrides["data-dir"] = str(local_data_dir(cfg.task, cfg.data_dir or None))
+    overrides["data-dir"] = str(local_data_dir(cfg.task, cfg.data_dir or None))
     note = preflight(RunConfig.from_flower(overrides), num_clients)
     if note:
         print(f"[fedtt] {note}", flush=True)

@@ -58,6 +58,9 @@ def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTA
     for method in all_methods():
         sent = [method.uplink(shapes, r) for r in range(1, rounds + 1)]
         trained = method.uplink(shapes, 0) if method.rounds == "all" else {k: v for s in sent for k, v in s.items()}
+        if method.local:  # trained too, but never sent (a personalised method's own tensors)
+            every = {**shapes.tt, **shapes.dense, **shapes.lora_a, **shapes.lora_b, **shapes.head}
+            trained = {**trained, **{n: s for n, s in every.items() if method.is_local(n)}}
         if method.rounds == "all":
             up = serialized_bytes(sent[0], packed=packed)
         else:

@@ -140,7 +140,11 @@ def _resume_folder(cfg: RunConfig) -> Path:
     if cfg.dp != "off":
         raise ValueError("resume: not with dp: each client's privacy accountant lives in the interrupted run's "
                          "node contexts and would restart at zero")
-    before = json.loads(saved.read_text())["run_config"]
+    if resolve(cfg).method.personal:
+        raise ValueError(f"resume: not with {cfg.method}: each node's own tensors live in the interrupted run's "
+                         "node contexts and would restart from their initial values")
+    # a key added since that run was written counts as its default
+    before = {**RunConfig().model_dump(by_alias=True), **json.loads(saved.read_text())["run_config"]}
     now = cfg.model_dump(by_alias=True)
     changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
@@ -318,7 +322,7 @@ def finish(out: Path, cfg: RunConfig, resolved: Resolved, strategy: FedTT, metri
     if summary["problems"]:
         log(WARNING, "[fedtt] WARNING: %s (metrics.jsonl has them per round)", summary["problems"])
     if summary["untrained"]:
-        raise RuntimeError(f"no training happened: {summary['problems']}; the run folder {out} keeps what there is")
+        raise RuntimeError(f"{summary['problems']}; the run folder {out} keeps what there is")
     return summary
 
 
@@ -390,5 +394,9 @@ def round_health(strategy: FedTT, rounds: range) -> dict:
     if errors:
         problems.append(f"{errors} client errors")
     later = [r for r in rounds if r > 1] or list(rounds)
+    untrained = bool(later) and set(later) <= set(skipped)
+    if untrained:  # what the FedAdam bug looked like: round 1 trained, every later reply was rejected
+        problems.insert(0, "no round trained" if set(rounds) <= set(skipped) else
+                        f"training stopped after round {min(set(rounds) - set(skipped))}")
     return {"rounds_skipped": skipped, "replies_rejected": rejected, "client_errors": errors,
-            "problems": "; ".join(problems), "untrained": bool(later) and set(later) <= set(skipped)}
+            "problems": "; ".join(problems), "untrained": untrained}

@@ -54,8 +54,8 @@ from .validation import (
     average_metrics,
     clean_evaluate_reply,
     clean_train_reply,
+    common_keys_only,
     expected_of,
-    weight_only,
 )
 from .wire import LAYOUT_PREFIX, PACKED, format_layout, layout_digest
 
@@ -412,14 +412,14 @@ class FedTT(Strategy):
                                                    f" (fewer than min_replies={self.min_replies})")
         self._warn_untrimmed(stats, server_round, len(accepted))
         metrics = average_metrics([m.content for m in accepted], self.weight_key)
-        weight_only(accepted, self.weight_key)
+        common_keys_only(accepted)
         trained = set(self._expected)
         for msg in ([] if fast else accepted):  # canonical order; frozen tensors filled in from the global copy
             rec = msg.content[self.arrays_key]
             msg.content[self.arrays_key] = ArrayRecord(
                 {n: rec[n] if n in trained else self._global[n] for n in self._travelling})
         stats["train_metrics"] = dict(metrics)
-        before = copy.deepcopy(self.inner)  # its state (moments, momentum) as it was, should this round fail
+        before = self._snapshot_inner()
         try:
             agg, _ = self.inner.aggregate_train(server_round, accepted + errors)
             if agg is None:
@@ -432,7 +432,8 @@ class FedTT(Strategy):
             if not _finite_state(self.inner):
                 raise ValueError(f"{type(self.inner).__name__}'s own state became NaN or Inf")
         except Exception as exc:  # noqa: BLE001 - whatever the inner strategy raises, the run goes on
-            self.inner = before
+            if before is not None:
+                self.inner = before
             return self._skip(stats, server_round, f"aggregation failed: {type(exc).__name__}: {str(exc)[:300]}")
         # frozen tensors keep their exact bits, whatever the inner strategy did to them
         merged = ArrayRecord({n: updated.get(n, a) for n, a in self._global.items()})
@@ -440,6 +441,18 @@ class FedTT(Strategy):
             self._version[n] += 1
         self._global = merged
         return merged, metrics
+
+    def _snapshot_inner(self) -> Strategy | None:
+        """The inner strategy's state (moments, momentum) as it is, to restore should this round fail; None
+        (and one log line) for a strategy that cannot be copied (it holds a lock or an open file)."""
+        try:
+            return copy.deepcopy(self.inner)
+        except Exception as exc:  # noqa: BLE001 - a strategy we cannot copy still aggregates, without the net
+            if not getattr(self, "_snapshot_warned", False):
+                self._snapshot_warned = True
+                log(WARNING, "FedTT: %s cannot be copied (%s): a failed round cannot restore its state",
+                    type(self.inner).__name__, exc)
+            return None
 
     def _warn_untrimmed(self, stats: dict, server_round: int, replies: int) -> None:
         """FedTrimmedAvg cuts ``int(beta * n)`` replies from each end: with few replies that is none, and the
@@ -494,7 +507,7 @@ class FedTT(Strategy):
             accepted.append(msg)
         good = [m for m in accepted if not m.has_error()]
         metrics = average_metrics([m.content for m in good], self.weight_key) if good else None
-        weight_only(good, self.weight_key)
+        common_keys_only(good)
         try:
             self.inner.aggregate_evaluate(server_round, accepted)  # its bookkeeping and log; the metrics are ours
         except Exception as exc:  # noqa: BLE001 - a failed evaluation never ends the run

@@ -163,12 +163,17 @@ def average_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord
     return MetricRecord(out)
 
 
-def weight_only(replies: list[Message], weight_key: str) -> None:
-    """Leave each cleaned reply's MetricRecord with its weight alone: what the inner strategy needs to average
-    the arrays, with one key set for all (Flower's consistency check); the metrics are averaged by
-    :func:`average_metrics`."""
+def common_keys_only(replies: list[Message]) -> None:
+    """Leave in each cleaned reply's MetricRecord the keys every reply has: what the inner strategy gets (Flower
+    requires one key set; its DP wrappers read metrics of their own, e.g. adaptive clipping's ``norm_bit``). The
+    round's metrics themselves come from :func:`average_metrics`, over the replies that report each key."""
+    if not replies:
+        return
+    common = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in replies))
     for msg in replies:
-        msg.content[METRICS_KEY] = MetricRecord({weight_key: msg.content[METRICS_KEY][weight_key]})
+        record = msg.content[METRICS_KEY]
+        if set(record.keys()) != common:
+            msg.content[METRICS_KEY] = MetricRecord({k: v for k, v in record.items() if k in common})
 
 
 class ReplyGate:

@@ -190,7 +190,7 @@ def test_a_client_that_fails_every_round_leaves_the_others_to_finish(tmp_path, t
     # demanding all 4 replies: every round is skipped and the adapters stay as initialised; a run that never
     # trained fails (not a silent "completed"), and says why in its summary
     strict = {**run_config, "run-name": "strict", "min-replies": 4}
-    with pytest.raises(RuntimeError, match=r"no training happened: 3 of 3 rounds skipped"):
+    with pytest.raises(RuntimeError, match=r"no round trained; 3 of 3 rounds skipped"):
         server_app(InProcessGrid(flaky, 4, strict),
                    Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=strict))
     lines = [json.loads(x) for x in (tmp_path / "strict" / "metrics.jsonl").read_text().splitlines()]
@@ -323,3 +323,30 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_model_dir, tiny_
     run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1, "resume": str(folder)})
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
     assert json.loads((folder / "summary.json").read_text())["final"] is not None
+
+
+def test_round_health_names_what_happened():
+    from types import SimpleNamespace
+
+    from fedtt_flwr.server import round_health
+
+    def health(skipped, rounds=2):
+        return round_health(SimpleNamespace(rounds={r: {"skipped": r in skipped} for r in range(1, rounds + 1)}),
+                            range(1, rounds + 1))
+
+    assert health([]) == {"rounds_skipped": [], "replies_rejected": 0, "client_errors": 0, "problems": "",
+                          "untrained": False}
+    assert health([2])["untrained"] and health([2])["problems"].startswith("training stopped after round 1;")
+    assert health([1, 2])["problems"].startswith("no round trained;")
+    assert not health([1], rounds=3)["untrained"]  # rounds 2 and 3 trained
+
+
+def test_a_run_written_before_a_key_existed_still_resumes(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2, **{"num-server-rounds": 1})
+    folder = tmp_path / "runs" / "test"
+    saved = json.loads((folder / "config.json").read_text())
+    del saved["run_config"]["max-examples"]  # as written before the key existed
+    (folder / "config.json").write_text(json.dumps(saved))
+    _, _, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2,
+                          **{"num-server-rounds": 2, "resume": str(folder)})
+    assert [x["round"] for x in lines] == [0, 1, 2]

@@ -170,3 +170,15 @@ def test_a_bad_data_file_is_named_before_starting_anything(capsys, monkeypatch, 
                  "--set", f'output-dir="{tmp_path / "runs"}"']) == 2
     err = capsys.readouterr().err
     assert "train.tsv" in err and "line 3" in err
+
+
+def test_deploy_run_checks_only_what_does_not_depend_on_this_machine(tmp_path):
+    """`deploy run` from a laptop: the output folder, the model, a resumed run and the data are the server's."""
+    from fedtt_flwr.cli import app_overrides
+
+    items = ["output-dir=/proc/fedtt-server/runs", "model=/srv/models/my-bert", "central-eval=true",
+             f"resume={tmp_path / 'on-the-server'}"]
+    overrides = app_overrides(items, local_data=False)
+    assert overrides["output-dir"] == "/proc/fedtt-server/runs" and "data-dir" not in overrides
+    with pytest.raises(ValueError, match="rank"):
+        app_overrides(["rank=0"], local_data=False)  # the configuration itself is still checked

@@ -85,7 +85,7 @@ def test_bytes_are_half_of_loras_adapter_plus_the_head(tiny_model_dir):
     params = dict(model.named_parameters())
     a = sum(params[n].numel() for n in model.fedtt_state_names if ".lora_A." in n)
     b = sum(params[n].numel() for n in model.fedtt_state_names if ".lora_B." in n)
-    assert a == b and report["fedsa-lora"]["trainable_params"] == a + 2 * 32 + 2
+    assert a == b and report["fedsa-lora"]["trainable_params"] == a + b + 2 * 32 + 2  # B trains too, at home
 
 
 @pytest.mark.parametrize("central", [True, False])
@@ -93,3 +93,11 @@ def test_the_server_says_central_evaluation_does_not_apply(tmp_path, tiny_model_
     with caplog.at_level("INFO"):
         run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, method="fedsa-lora", **{"central-eval": central})
     assert ("central evaluation does not apply to fedsa-lora" in caplog.text) == central
+
+
+def test_resume_is_refused(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """Each node's B lives in the interrupted run's node contexts: a resumed run would restart it from zero."""
+    run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, method="fedsa-lora", **{"num-server-rounds": 1})
+    with pytest.raises(ValueError, match="resume: not with fedsa-lora"):
+        run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, method="fedsa-lora",
+                **{"num-server-rounds": 2, "resume": str(tmp_path / "runs" / "test")})

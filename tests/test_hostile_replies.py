@@ -510,3 +510,35 @@ def test_fedtrimmedavg_that_trims_nothing_says_so(caplog):
     trimming = FedTT(FedTrimmedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0, beta=0.34))
     _one_round(trimming, lambda r: [r])
     assert "untrimmed" not in trimming.rounds[1]
+
+
+def test_flowers_client_side_adaptive_clipping_still_gets_its_metric():
+    """The inner strategy gets the metric keys every reply has (adaptive clipping needs its `norm_bit`)."""
+    from flwr.clientapp.mod import adaptiveclipping_mod
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping
+
+    client = numpy_client()
+    dp = DifferentialPrivacyClientSideAdaptiveClipping(
+        FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
+        noise_multiplier=0.0, num_sampled_clients=3, initial_clipping_norm=0.5)
+    strategy = FedTT(dp)
+    grid = InProcessGrid(lambda msg, ctx: adaptiveclipping_mod(msg, ctx, client), 3)
+    result = strategy.start(grid=grid, initial_arrays=global_record(), num_rounds=2, train_config=ConfigRecord())
+    assert all(strategy.rounds[r]["replies"] == 3 and not strategy.rounds[r].get("skipped") for r in (1, 2))
+    name = "enc.0.adapter.down.core_0"
+    assert not np.array_equal(result.arrays[name].numpy(), global_record()[name].numpy())
+
+
+def test_an_inner_strategy_that_cannot_be_copied_still_aggregates(caplog):
+    import threading
+
+    class Locked(FedAvg):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.lock = threading.Lock()
+
+    strategy = FedTT(Locked(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0))
+    with caplog.at_level("WARNING"):
+        _one_round(strategy, lambda r: [r])
+    assert [strategy.rounds[r]["replies"] for r in (1, 2)] == [3, 3] and not strategy.rounds[2].get("skipped")
+    assert caplog.text.count("cannot be copied") == 1
