@@ -23,7 +23,7 @@ from strategies.protocol import receive_global, reply_content, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig, model_key
-from .data import PartitionSpec, check_partition_id, get_task, load_task, make_partitioner
+from .data import PartitionSpec, check_partition_id, get_task, load_split, load_task, make_partitioner
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
@@ -72,19 +72,25 @@ def save_history(state: RecordDict, history: list[tuple[float, float, int]]) -> 
                                   "steps": [int(h[2]) for h in history]})
 
 
-@functools.lru_cache(maxsize=2)
-def _task_data(task: str, data_dir: str) -> tuple[Dataset, Dataset]:
+@functools.lru_cache(maxsize=4)
+def _task_data(task: str, data_dir: str, split: str) -> Dataset:
+    """One split of the node's task. A node that only trains needs only a train file (its own folder may hold
+    nothing else); a task shipped without one gets the dev file's split (``load_task``)."""
+    if split == "train":
+        try:
+            return load_split(task, "train", data_dir or None)
+        except FileNotFoundError:
+            pass
     train, dev, _ = load_task(task, data_dir or None)
-    return train, dev
+    return train if split == "train" else dev
 
 
 @functools.lru_cache(maxsize=4)
 def _partitioner(task: str, data_dir: str, split: str, spec: PartitionSpec):
     """One partitioner per dataset and spec, so the split of the whole dataset is computed once per
     process rather than once per client."""
-    train, dev = _task_data(task, data_dir)
     p = make_partitioner(spec)
-    p.dataset = train if split == "train" else dev
+    p.dataset = _task_data(task, data_dir, split)
     return p
 
 

@@ -121,6 +121,8 @@ class RunConfig(BaseModel):
     fraction_evaluate: float = Field(0.0, ge=0, le=1)
     min_clients: int = Field(2, ge=1, description="fewest clients a round waits for")
     min_replies: int = Field(1, ge=1, description="fewer usable replies than this: the round is skipped")
+    allow_node_errors: bool = Field(False, description="a run in which some node failed in every round ends "
+                                                      "failed (non-zero exit) unless this is true")
     max_examples: int = Field(1_000_000, ge=1, description="the most examples (FedAvg weight) a reply may claim; "
                                                            "a reply claiming more is rejected")
     round_timeout: float = Field(3600.0, gt=0, description="seconds a round waits for replies; late ones are dropped")
@@ -254,7 +256,8 @@ class RunConfig(BaseModel):
 #: client's cached model until it is listed here, never the other way round)
 TRAINING_KEYS = frozenset({
     "data_dir", "schedule", "schedule_middle", "sync", "tt_average", "pack_arrays", "num_server_rounds",
-    "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "max_examples", "round_timeout",
+    "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "allow_node_errors", "max_examples",
+    "round_timeout",
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",

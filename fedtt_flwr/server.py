@@ -323,6 +323,9 @@ def finish(out: Path, cfg: RunConfig, resolved: Resolved, strategy: FedTT, metri
         log(WARNING, "[fedtt] WARNING: %s (metrics.jsonl has them per round)", summary["problems"])
     if summary["untrained"]:
         raise RuntimeError(f"{summary['problems']}; the run folder {out} keeps what there is")
+    if summary["errors_every_round"] and not cfg.allow_node_errors:
+        raise RuntimeError(f"{summary['problems']}: the federation ran without some of its nodes (their errors are "
+                           f"in the log); set allow-node-errors = true to accept that. Run folder: {out}")
     return summary
 
 
@@ -391,12 +394,13 @@ def round_health(strategy: FedTT, rounds: range) -> dict:
                         f"{stats[rounds.index(skipped[0])].get('skip_reason', 'no usable replies')})")
     if rejected:
         problems.append(f"{rejected} replies rejected")
+    failing = bool(rounds) and all(s.get("errors", 0) for s in stats)
     if errors:
-        problems.append(f"{errors} client errors")
+        problems.append(f"{errors} client errors" + (" (some node failed in every round)" if failing else ""))
     later = [r for r in rounds if r > 1] or list(rounds)
     untrained = bool(later) and set(later) <= set(skipped)
     if untrained:  # what the FedAdam bug looked like: round 1 trained, every later reply was rejected
         problems.insert(0, "no round trained" if set(rounds) <= set(skipped) else
                         f"training stopped after round {min(set(rounds) - set(skipped))}")
     return {"rounds_skipped": skipped, "replies_rejected": rejected, "client_errors": errors,
-            "problems": "; ".join(problems), "untrained": untrained}
+            "problems": "; ".join(problems), "untrained": untrained, "errors_every_round": failing}

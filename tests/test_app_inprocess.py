@@ -179,13 +179,19 @@ def test_a_client_that_fails_every_round_leaves_the_others_to_finish(tmp_path, t
             raise RuntimeError("disk full")
         return client_app(msg, ctx)
 
+    # a node that fails in every round: the run trains with the others, then ends failed, saying why
     grid = InProcessGrid(flaky, 4, run_config)
-    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    with pytest.raises(RuntimeError, match=r"some node failed in every round.*allow-node-errors"):
+        server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     lines = [json.loads(x) for x in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["clients"], x["replies"], x["errors"], x["skipped"]) for x in lines[1:]] == [(4, 3, 1, False)] * 3
     assert lines[-1]["accuracy"] is not None
-
-    assert json.loads((tmp_path / "flaky" / "summary.json").read_text())["problems"] == "3 client errors"
+    summary = json.loads((tmp_path / "flaky" / "summary.json").read_text())
+    assert summary["problems"] == "3 client errors (some node failed in every round)" and summary["errors_every_round"]
+    allowed = {**run_config, "run-name": "allowed", "allow-node-errors": True}  # accepted when asked for
+    server_app(InProcessGrid(flaky, 4, allowed),
+               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=allowed))
+    assert json.loads((tmp_path / "allowed" / "summary.json").read_text())["final"] is not None
 
     # demanding all 4 replies: every round is skipped and the adapters stay as initialised; a run that never
     # trained fails (not a silent "completed"), and says why in its summary
@@ -259,7 +265,7 @@ def test_a_misconfigured_node_replies_with_an_error_and_the_run_goes_on(tmp_path
     message that names the problem; the server logs it, counts it, and trains with the others."""
     run_config = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "output-dir": str(tmp_path),
                   "num-server-rounds": 2, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
-                  "run-name": "misconfigured"}
+                  "run-name": "misconfigured", "allow-node-errors": True}
     raised = []
 
     def recording(msg, ctx):
@@ -335,7 +341,7 @@ def test_round_health_names_what_happened():
                             range(1, rounds + 1))
 
     assert health([]) == {"rounds_skipped": [], "replies_rejected": 0, "client_errors": 0, "problems": "",
-                          "untrained": False}
+                          "untrained": False, "errors_every_round": False}
     assert health([2])["untrained"] and health([2])["problems"].startswith("training stopped after round 1;")
     assert health([1, 2])["problems"].startswith("no round trained;")
     assert not health([1], rounds=3)["untrained"]  # rounds 2 and 3 trained
@@ -350,3 +356,23 @@ def test_a_run_written_before_a_key_existed_still_resumes(tmp_path, tiny_model_d
     _, _, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2,
                           **{"num-server-rounds": 2, "resume": str(folder)})
     assert [x["round"] for x in lines] == [0, 1, 2]
+
+
+def test_a_node_with_only_a_train_file_trains(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """A SuperNode whose own folder holds only glue/SST-2/train.tsv ("all of it is this node's training data")
+    failed every round looking for a dev file it never uses."""
+    import shutil
+
+    node_dirs = []
+    for i in range(2):
+        folder = tmp_path / f"node{i}" / "glue" / "SST-2"
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_sst2_dir / "glue" / "SST-2" / "train.tsv", folder / "train.tsv")
+        node_dirs.append(tmp_path / f"node{i}")
+    run_config = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "output-dir": str(tmp_path),
+                  "num-server-rounds": 2, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
+                  "run-name": "own-files"}
+    grid = InProcessGrid(client_app, 2, run_config, node_config=lambda i: {"data-dir": str(node_dirs[i])})
+    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    lines = [json.loads(x) for x in (tmp_path / "own-files" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["replies"], x["errors"]) for x in lines[1:]] == [(2, 0), (2, 0)]
