@@ -136,8 +136,9 @@ def _deploy(args: argparse.Namespace) -> int:
 
     action = args.action
     if action == "certs":
-        paths = deploy.make_certificates(args.out, args.host, days=args.days, overwrite=args.overwrite,
-                                         renew_server=args.renew_server)
+        paths = deploy.make_certificates(args.out, args.host or [], days=args.days, overwrite=args.overwrite,
+                                         renew_server=args.renew_server, keep_hosts=not args.drop_old_hosts)
+        print(f"server.pem is valid for: {', '.join(deploy.certificate_hosts(paths['server.pem']))}")
         print("\n".join(f"{name}: {path}" for name, path in paths.items()))
         print("[fedtt] ca.crt goes to every SuperNode and CLI user; server.pem/server.key to the SuperLink only; "
               "keep ca.key offline")
@@ -239,10 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="action", required=True)
     c = dsub.add_parser("certs", help="a CA and the SuperLink's TLS certificate for its host names/IPs")
     c.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
-    c.add_argument("--host", action="append", required=True, help="a name or IP SuperNodes dial (repeatable)")
+    c.add_argument("--host", action="append", help="a name or IP SuperNodes dial (repeatable; 127.0.0.1 and "
+                                                   "localhost are always added: the SuperLink dials itself there)")
     c.add_argument("--days", type=int, default=365)
     c.add_argument("--overwrite", action="store_true", help="a new CA too: every node needs the new ca.crt")
-    c.add_argument("--renew-server", action="store_true", help="a new server certificate signed by the existing CA")
+    c.add_argument("--renew-server", action="store_true", help="a new server certificate signed by the existing CA, "
+                                                                "valid for the old one's names plus any --host")
+    c.add_argument("--drop-old-hosts", action="store_true", help="with --renew-server: only the --host names given")
     k = dsub.add_parser("node-key", help="a SuperNode's authentication key pair (EC P-384, OpenSSH format)")
     k.add_argument("--out", required=True)
     k.add_argument("--name", required=True, help="file name of the private key; the public one gets .pub")

@@ -41,16 +41,34 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
+#: names every SuperLink certificate holds: listening on 0.0.0.0, the SuperLink dials its own SuperExec at
+#: 127.0.0.1, which must pass the same TLS check (without them, it dies after a restart)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def certificate_hosts(path: Path) -> list[str]:
+    """The names and IPs a certificate is valid for (its subject alternative names)."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
+
+
 def make_certificates(out_dir: str | os.PathLike, hosts: list[str], days: int = 365,
-                      overwrite: bool = False, renew_server: bool = False) -> dict[str, Path]:
-    """A CA and a SuperLink certificate valid for ``hosts`` (the names/IPs SuperNodes will dial).
+                      overwrite: bool = False, renew_server: bool = False, keep_hosts: bool = True) -> dict[str, Path]:
+    """A CA and a SuperLink certificate valid for ``hosts`` (the names/IPs SuperNodes will dial), plus
+    :data:`LOOPBACK_HOSTS`.
 
     The CA key stays on the operator's machine; ``ca.crt`` goes to every SuperNode and CLI user;
     ``server.pem``/``server.key`` go to the SuperLink only. ``renew_server`` signs a new server
-    certificate with the existing CA (rotation without touching any SuperNode)."""
+    certificate with the existing CA (rotation without touching any SuperNode); it keeps the names of the
+    certificate it replaces (``keep_hosts``), so a renewal that names one host does not drop the others."""
+    out = Path(out_dir)
+    old_server = out / SERVER_CERT
+    if renew_server and keep_hosts and old_server.exists():
+        hosts = [*certificate_hosts(old_server), *hosts]
     if not hosts:
         raise ValueError("make_certificates: give at least one host name or IP address for the SuperLink")
-    out = Path(out_dir)
+    hosts = list(dict.fromkeys([*hosts, *LOOPBACK_HOSTS]))
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY)}
     now = dt.datetime.now(dt.timezone.utc)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from fedtt_flwr.client import node_partition
-from fedtt_flwr.deploy import loopback, make_certificates, make_node_key, node_config
+from fedtt_flwr.deploy import certificate_hosts, loopback, make_certificates, make_node_key, node_config
 
 
 def test_certificates_chain_to_the_ca_and_name_the_hosts(tmp_path):
@@ -23,8 +23,9 @@ def test_certificates_chain_to_the_ca_and_name_the_hosts(tmp_path):
     server = x509.load_pem_x509_certificate(paths["server.pem"].read_bytes())
     server.verify_directly_issued_by(ca)  # raises if the signature or issuer does not match
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
-    assert san.get_values_for_type(x509.DNSName) == ["fl.example.org"]
+    # the SuperLink dials its own SuperExec at 127.0.0.1: the loopback names are always in
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     for key in ("ca.key", "server.key"):
         assert stat.S_IMODE(paths[key].stat().st_mode) == 0o600
@@ -38,6 +39,11 @@ def test_certificates_chain_to_the_ca_and_name_the_hosts(tmp_path):
     new_server = x509.load_pem_x509_certificate(renewed["server.pem"].read_bytes())
     new_server.verify_directly_issued_by(ca)
     assert new_server.serial_number != server.serial_number
+    # a renewal naming one host keeps the old names (dropping them broke the SuperLink after a restart)
+    assert certificate_hosts(renewed["server.pem"]) == ["10.0.0.5", "127.0.0.1", "10.0.0.6", "fl.example.org",
+                                                        "localhost"]
+    only = make_certificates(tmp_path, ["10.0.0.7"], renew_server=True, keep_hosts=False)
+    assert certificate_hosts(only["server.pem"]) == ["10.0.0.7", "127.0.0.1", "localhost"]
     with pytest.raises(FileNotFoundError, match="CA"):
         make_certificates(tmp_path / "empty", ["h"], renew_server=True)
 
