@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -113,18 +114,26 @@ def local_data_dir(task: str, data_dir: str | None) -> Path:
     return source.folder
 
 
-def _results_line(overrides: dict) -> None:
-    print(f"[fedtt] results: {overrides['output-dir']}/<run-name>/ (metrics.jsonl, config.json, summary.json, "
-          "adapter.safetensors)")
+def _results_line(overrides: dict, started: float | None = None) -> None:
+    """Where the run's files are: the run folder itself when it is known here (``run-name``, ``resume``, or the
+    newest folder this run created under a local output-dir), else where to find its name."""
+    output = overrides.get("output-dir", "runs")
+    folder = overrides.get("resume") or (f"{output}/{overrides['run-name']}" if overrides.get("run-name") else None)
+    if folder is None and started is not None and Path(output).is_dir():
+        new = [p for p in Path(output).iterdir() if p.is_dir() and p.stat().st_mtime >= started]
+        folder = str(max(new, key=lambda p: p.stat().st_mtime)) if new else None
+    where = f"{folder}/" if folder else f"{output}/<run-name>/ on the server (the log names it: 'run folder ...')"
+    print(f"[fedtt] results: {where} (metrics.jsonl, config.json, summary.json, adapter.safetensors)")
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from .launch import simulate
 
     overrides = app_overrides(args.set, args.num_clients)
+    started = time.time()
     code = simulate(num_supernodes=args.num_clients, run_config=overrides, cpus_per_client=args.cpus_per_client,
                     gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home)
-    _results_line(overrides)
+    _results_line(overrides, started)
     return code
 
 

@@ -182,3 +182,18 @@ def test_deploy_run_checks_only_what_does_not_depend_on_this_machine(tmp_path):
     assert overrides["output-dir"] == "/proc/fedtt-server/runs" and "data-dir" not in overrides
     with pytest.raises(ValueError, match="rank"):
         app_overrides(["rank=0"], local_data=False)  # the configuration itself is still checked
+
+
+def test_the_results_line_names_the_run_folder(tmp_path, capsys):
+    import time
+
+    from fedtt_flwr.cli import _results_line
+
+    _results_line({"output-dir": str(tmp_path), "run-name": "mine"})
+    assert f"results: {tmp_path}/mine/ (" in capsys.readouterr().out
+    started = time.time() - 1
+    (tmp_path / "20261203-120000-fedtt-minilm-sst2").mkdir()
+    _results_line({"output-dir": str(tmp_path)}, started)
+    assert f"results: {tmp_path}/20261203-120000-fedtt-minilm-sst2/ (" in capsys.readouterr().out
+    _results_line({"output-dir": "/var/lib/fedtt/runs"})  # deploy run: the folder is on the server
+    assert "/var/lib/fedtt/runs/<run-name>/ on the server" in capsys.readouterr().out
