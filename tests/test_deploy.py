@@ -87,11 +87,13 @@ def test_node_config_selects_a_nodes_own_folder_or_a_partition(tmp_path):
 
 
 def _two_node_folders(tmp_path, tiny_sst2_dir):
-    """Node 0 has its own folder (half of the rows); node 1 trains on partition 1 of 2 of a shared folder."""
+    """Node 0 has its own folder (half of the rows, and only a train file, as the guide describes a node's own
+    data); node 1 trains on partition 1 of 2 of a shared folder."""
     own = tmp_path / "node0-data"
     shutil.copytree(tiny_sst2_dir, own)
     rows = (own / "glue" / "SST-2" / "train.tsv").read_text().splitlines(keepends=True)
     (own / "glue" / "SST-2" / "train.tsv").write_text("".join(rows[:121]))
+    (own / "glue" / "SST-2" / "dev.tsv").unlink()  # a node that only trains needs no dev file
     return [node_config(own), node_config(tiny_sst2_dir, 1, 2)]
 
 
