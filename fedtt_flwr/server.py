@@ -335,7 +335,7 @@ def main(grid: Grid, context: Context) -> dict:
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     np.random.seed(cfg.seed)
     resolved = resolve(cfg)
-    model, tokenizer = build_model(cfg)  # seeded: the one initialisation every client starts from
+    model, tokenizer = build_model(cfg, resolved)  # seeded: the one initialisation every client starts from
     device = pick_device(cfg.device)
     model.to(device)
     state = get_adapter_state(model)

@@ -290,23 +290,24 @@ class FedTT(Strategy):
     def weight_key(self) -> str:
         return getattr(self.inner, "weighted_by_key", "num-examples")
 
-    def _clean_train(self, msg: Message, spec: list[Expected], flat: bool) -> None:
+    def _clean_train(self, msg: Message, spec: list[Expected], flat: bool, layout: list[tuple[str, tuple[int, ...]]],
+                     digest: str | None) -> None:
         """Replace the reply's content by its canonical, verified form, or raise :class:`BadReply`. A packed
-        reply must carry the digest of this round's layout (names, shapes, order and round)."""
+        reply must carry ``digest``, that of this round's ``layout`` (names, shapes, order and round)."""
         self._train_gate.admit(msg.metadata.src_node_id)
         if self.pack:
             record = msg.content.config_records.get(REPLY_KEY)
-            digest = record.get(LAYOUT_PREFIX + self.arrays_key) if record is not None else None
-            if digest is None:
+            sent = record.get(LAYOUT_PREFIX + self.arrays_key) if record is not None else None
+            if sent is None:
                 raise BadReply(f"packed reply without its layout digest (ConfigRecord '{REPLY_KEY}'; reply with "
                                "strategies.reply_content)")
-            if digest != layout_digest(format_layout(self._layout()), self._server_round):
+            if sent != digest:
                 raise BadReply("packed reply for other tensors, another order or another round (its layout digest "
                                "does not match this round's)")
         content = clean_train_reply(msg.content, self.arrays_key, spec, self.weight_key, self.max_examples,
                                     self.max_abs)
         if self.pack and not flat:
-            content[self.arrays_key] = unpack(content[self.arrays_key], self._layout())
+            content[self.arrays_key] = unpack(content[self.arrays_key], layout)
         msg.content = content
 
     def _reject(self, stats: dict, msg: Message, server_round: int, reason: str, key: str = "rejected") -> None:
@@ -383,7 +384,8 @@ class FedTT(Strategy):
         # flat array each, unpacked once afterwards), and frozen tensors need not be filled in
         fast = type(self.inner) is FastFedAvg
         flat = fast and self.pack
-        spec = self._reply_spec()
+        spec, layout = self._reply_spec(), self._layout()  # what every reply of the round must match, once
+        digest = layout_digest(format_layout(layout), self._server_round) if self.pack else None
         accepted, errors = [], []
         for msg in replies:
             if msg.has_error():
@@ -391,7 +393,7 @@ class FedTT(Strategy):
                 continue
             stats["bytes_up"] += record_bytes(msg.content)
             try:
-                self._clean_train(msg, spec, flat)
+                self._clean_train(msg, spec, flat, layout, digest)
             except BadReply as exc:
                 self._reject(stats, msg, server_round, str(exc))
                 continue
@@ -425,7 +427,7 @@ class FedTT(Strategy):
             if agg is None:
                 raise ValueError(f"{type(self.inner).__name__} returned no aggregate")
             if flat:
-                agg = unpack(agg, self._layout())
+                agg = unpack(agg, layout)
             if self.average == "matrices":
                 agg = self._average_matrices(agg, accepted, flat)
             updated = self._conform(agg, self._expected)

@@ -86,12 +86,13 @@ def resolve(cfg: RunConfig) -> Resolved:
         fraction_evaluate=cfg.fraction_evaluate or (1.0 if method.personal else 0.0))
 
 
-def build_model(cfg: RunConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def build_model(cfg: RunConfig, resolved: Resolved | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The run's model with the method's trainable modules. Seeded, and the same code on the server and
     on every client, so tensors that never travel (FFA-LoRA's A) are identical everywhere. A decoder
-    becomes a :class:`CandidateScorer` (its LM head frozen, no new head)."""
+    becomes a :class:`CandidateScorer` (its LM head frozen, no new head). ``resolved``: ``resolve(cfg)``, when
+    the caller has it already (it reads the model's config files)."""
     torch.manual_seed(cfg.seed)
-    resolved = resolve(cfg)
+    resolved = resolved or resolve(cfg)
     labels = len(get_task(cfg.task).labels)
     if resolved.prompt_task is not None:
         if cfg.pooling == "mean":
