@@ -273,12 +273,14 @@ def _hub_problem(endpoint: str) -> str | None:
         except urllib.error.HTTPError as e:
             answer.append(e.code)
         except (OSError, ValueError) as e:  # refused, unresolvable, timed out, malformed URL
-            answer.append(str(getattr(e, "reason", e)))
+            reason = getattr(e, "reason", e)
+            answer.append(None if isinstance(reason, TimeoutError) else str(reason))
         finally:
             done.set()
 
     threading.Thread(target=probe, daemon=True).start()
-    if not done.wait(HUB_PROBE_TIMEOUT_S):
+    # urllib's own timeout and this wait end at about the same time: either way, one message
+    if not done.wait(HUB_PROBE_TIMEOUT_S) or answer[0] is None:
         return f"no answer within {HUB_PROBE_TIMEOUT_S:g} s"
     if isinstance(answer[0], str):
         return answer[0]
