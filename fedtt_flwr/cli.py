@@ -178,8 +178,9 @@ def _deploy(args: argparse.Namespace) -> int:
         return 0
     if action == "run":
         overrides = app_overrides(args.set, local_data=False)  # the nodes bring their own data
+        started = time.time()
         status = deploy.run_and_wait(env, "fedtt-deploy", overrides, args.timeout)
-        _results_line(overrides)
+        _results_line(overrides, started)  # the folder itself when output-dir is on this machine
         return 0 if status == "finished:completed" else 1
     raise ValueError(f"unknown deploy action {action!r}")
 
