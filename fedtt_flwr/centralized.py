@@ -15,17 +15,20 @@ from transformers import get_linear_schedule_with_warmup
 from .adapters import count_parameters
 from .checkpoint import save_adapter
 from .config import RunConfig
-from .data import load_split
+from .data import load_split, with_labels
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
+from .tasks import CUSTOM, task_of
 from .train import cycle, evaluate, make_loader, tokenize, train_steps
 
 
 class FinetuneConfig(RunConfig):
     #: the keys a centralized run reads (the federation's own keys are accepted and ignored)
     USED: ClassVar[tuple[str, ...]] = ("data_dir", "max_length", "batch_size", "lr", "max_grad_norm", "output_dir",
-                                       "train_size", "epochs", "warmup")
+                                       "train_size", "epochs", "warmup", "task_name", "train_file", "dev_file",
+                                       "data_format", "hub_dataset", "hub_config", "hub_train_split", "hub_dev_split",
+                                       "text_columns", "label_column", "choice_columns", "metrics", "bad_rows")
 
     """A centralized reference fine-tune: every key of :class:`RunConfig` (one model, validated the same way),
     plus the budget of one centralized run. Two defaults differ from a federated run's, as the reference runs
@@ -52,9 +55,12 @@ class FinetuneConfig(RunConfig):
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train on the first ``train_size`` shuffled training examples; evaluate on the dev split."""
     device = pick_device(cfg.device)
-    train = load_split(cfg.task, "train", cfg.data_dir or None).shuffle(seed=cfg.seed)
+    task = with_labels(task_of(cfg), cfg.data_dir or None)
+    if task.labels is not None and not cfg.labels and cfg.task == CUSTOM:
+        cfg = cfg.model_copy(update={"labels": ",".join(task.labels)})  # the model's head needs its width
+    train = load_split(task, "train", cfg.data_dir or None).shuffle(seed=cfg.seed)
     train = train.select(range(min(cfg.train_size, len(train))))
-    dev = load_split(cfg.task, "dev", cfg.data_dir or None)
+    dev = load_split(task, "dev", cfg.data_dir or None)
     model, tokenizer = build_model(cfg)
     model.to(device)
     prompts = prompt_task(cfg)
@@ -72,7 +78,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                         log_every=max(steps // 10, 1), scheduler=scheduler,
                         max_grad_norm=cfg.max_grad_norm or None)
     train_s = time.perf_counter() - t0
-    metrics = evaluate(model, dev_loader, cfg.task, device)
+    metrics = evaluate(model, dev_loader, task, device)
     rank = f"r{cfg.lora_rank}" if get_method(cfg.method).family == "lora" else f"r{cfg.rank}"
     name = f"finetune-{cfg.model}-{cfg.task}-{cfg.method}-{rank}{'-bias' if cfg.adapter_bias else ''}-s{cfg.seed}"
     out = Path(cfg.output_dir).resolve() / name

@@ -70,9 +70,13 @@ def load_adapted_model(
     if source.get("pooling") == "mean":  # the head was trained on mean-pooled token states
         set_mean_pooling(model)
     if source.get("prompt_task"):  # a decoder scoring prompt answers (fedtt_flwr.prompts)
-        from .prompts import CandidateScorer, choice_ids, get_prompt
+        from .prompts import CandidateScorer, ChoiceScorer, choice_ids, get_prompt
 
-        lm, model = model, CandidateScorer(model, choice_ids(tokenizer, get_prompt(source["prompt_task"])))
+        lm = model
+        if source.get("num_choices"):  # multiple choice: each example's own candidates
+            model = ChoiceScorer(lm, source["num_choices"])
+        else:
+            model = CandidateScorer(lm, choice_ids(tokenizer, get_prompt(source["prompt_task"])))
         model.fedtt_source = {**lm.fedtt_source, "prompt_task": source["prompt_task"]}
     add_tt_adapters(model, config)
     set_adapter_state(model, state)

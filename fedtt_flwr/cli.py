@@ -80,6 +80,7 @@ def app_overrides(items: list[str] | None, num_clients: int | None = None, local
     without (``deploy run`` from a laptop) only what does not depend on the machine."""
     from .config import RunConfig
     from .preflight import preflight
+    from .tasks import CUSTOM
 
     overrides = parse_overrides(items or [])
     if not local_data:  # `deploy run`: the apps run on the SuperLink's machine: its paths, model and data
@@ -87,11 +88,41 @@ def app_overrides(items: list[str] | None, num_clients: int | None = None, local
         return overrides
     overrides["output-dir"] = str(Path(overrides.get("output-dir", "runs")).expanduser().resolve())
     cfg = RunConfig.from_flower(overrides)  # a bad key or value: fail here
-    overrides["data-dir"] = str(local_data_dir(cfg.task, cfg.data_dir or None))
+    if cfg.task == CUSTOM:
+        overrides.update(own_data(cfg))
+    else:
+        overrides["data-dir"] = str(local_data_dir(cfg.task, cfg.data_dir or None))
     note = preflight(RunConfig.from_flower(overrides), num_clients)
     if note:
         print(f"[fedtt] {note}", flush=True)
     return overrides
+
+
+def own_data(cfg) -> dict:
+    """A custom task's overrides for the apps: its files as absolute paths (flwr runs the apps from the SuperLink's
+    folder) and, for a classification without ``labels``, the label set of the training split, fixed here so that
+    every node and the server agree (it is in the run's config.json)."""
+    from .data import with_labels
+    from .tasks import task_of
+
+    out = {}
+    for key, value in (("train-file", cfg.train_file), ("dev-file", cfg.dev_file)):
+        path = Path(value).expanduser()
+        if value and not path.is_absolute():
+            out[key] = str((Path(cfg.data_dir) if cfg.data_dir else Path.cwd()).joinpath(path).resolve())
+    task = task_of(cfg.model_copy(update={k.replace("-", "_"): v for k, v in out.items()}))
+    if task.kind == "classification" and task.labels is None:
+        labels = with_labels(task, cfg.data_dir or None).labels
+        if any("," in label for label in labels):
+            raise ValueError(f"task {task.name}: a label holds a comma ({[x for x in labels if ',' in x][0]!r}), which "
+                             "the labels key cannot list; rename it in the file")
+        out["labels"] = ",".join(labels)
+        print(f"[fedtt] data: labels {list(labels)} (from the training split; set labels = '...' to fix an order)",
+              flush=True)
+    print(f"[fedtt] data: task {task.name} ({task.kind}), "
+          + ", ".join(f"{s}-file {out.get(f'{s}-file', v)}" for s, v in task.files)
+          + (f"hub {' '.join(filter(None, task.hub))}" if task.hub else ""), flush=True)
+    return out
 
 
 def local_data_dir(task: str, data_dir: str | None) -> Path:
@@ -302,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "task_kind", "x") is None:
+    if args.command == "params" and args.task_kind is None:
         from .models import model_config
         from .prompts import is_decoder_only
 

@@ -23,11 +23,12 @@ from strategies.protocol import receive_global, reply_content, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig, model_key
-from .data import PartitionSpec, check_partition_id, get_task, load_split, load_task, make_partitioner
+from .data import PartitionSpec, check_partition_id, load_split, load_task, make_partitioner, partition_view
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
 from .privacy import check_budget, dp_train_steps, settings_for
+from .tasks import TaskSpec, task_of
 from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize, train_steps
 from .train import evaluate as evaluate_model
 
@@ -35,6 +36,8 @@ disable_progress_bar()  # one bar per client and round drowns the run log
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Context.state keys: the node's privacy accounting, and a personalised method's local tensors
 DP_KEY, LOCAL_KEY = "fedtt-dp", "fedtt-local"
+#: node-config keys with which a SuperNode brings its own files of a custom task
+NODE_FILE_KEYS = ("train-file", "dev-file")
 
 
 @dataclass
@@ -73,7 +76,7 @@ def save_history(state: RecordDict, history: list[tuple[float, float, int]]) -> 
 
 
 @functools.lru_cache(maxsize=4)
-def _task_data(task: str, data_dir: str, split: str) -> Dataset:
+def _task_data(task: TaskSpec, data_dir: str, split: str) -> Dataset:
     """One split of the node's task. A node that only trains needs only a train file (its own folder may hold
     nothing else); a task shipped without one gets the dev file's split (``load_task``)."""
     if split == "train":
@@ -86,11 +89,12 @@ def _task_data(task: str, data_dir: str, split: str) -> Dataset:
 
 
 @functools.lru_cache(maxsize=4)
-def _partitioner(task: str, data_dir: str, split: str, spec: PartitionSpec):
+def _partitioner(task: TaskSpec, data_dir: str, split: str, spec: PartitionSpec):
     """One partitioner per dataset and spec, so the split of the whole dataset is computed once per
     process rather than once per client."""
+    dataset, spec = partition_view(_task_data(task, data_dir, split), task, spec)
     p = make_partitioner(spec)
-    p.dataset = _task_data(task, data_dir, split)
+    p.dataset = dataset
     return p
 
 
@@ -103,7 +107,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     else:
         spec = PartitionSpec("iid", num_partitions, seed=cfg.seed)
     check_partition_id(spec, partition_id)
-    part = _partitioner(cfg.task, cfg.data_dir, split, spec).load_partition(partition_id)
+    part = _partitioner(task_of(cfg), cfg.data_dir, split, spec).load_partition(partition_id)
     return tokenize(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 
@@ -119,12 +123,18 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
         if not Path(str(nc["data-dir"])).is_dir():
             raise ValueError(f"node config 'data-dir': folder {nc['data-dir']!r} does not exist on this node")
         run_config["data-dir"] = str(nc["data-dir"])
+    own = [key for key in NODE_FILE_KEYS if key in nc]
+    for key in own:  # a node's own files of a custom task (its CSV, ...): they replace the run config's
+        if not any(Path(str(nc[key])).expanduser().parent.glob(Path(str(nc[key])).name)):
+            raise ValueError(f"node config '{key}': {nc[key]!r} does not exist on this node")
+        run_config[key] = str(nc[key])
     cfg = RunConfig.from_flower(run_config)
     if "partition-id" not in nc:
-        if "data-dir" in nc:
+        if "data-dir" in nc or own:
             return cfg, 0, 1
-        raise ValueError("this node has no data: give the SuperNode --node-config 'data-dir=\"/its/task/folder\"' "
-                         "(its own data) or 'partition-id=0 num-partitions=N' (a partition of a shared folder)")
+        raise ValueError("this node has no data: give the SuperNode --node-config 'data-dir=\"/its/task/folder\"' or "
+                         "'train-file=\"/its/file.csv\"' (its own data) or 'partition-id=0 num-partitions=N' (a "
+                         "partition of a shared folder)")
     num = int(nc.get("num-partitions", cfg.num_partitions))
     if num < 1:
         raise ValueError("the number of partitions is unknown: set 'num-partitions' in the node config "
@@ -179,7 +189,9 @@ def train(msg: Message, context: Context) -> Message:
     dp = settings_for(cfg, len(data))
     if dp is None:
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
-        shift = label_prior_shift(data["label"], len(get_task(cfg.task).labels), cfg.logit_tau())
+        spec = task_of(cfg)
+        shift = (label_prior_shift(data["label"], len(spec.labels), cfg.logit_tau())
+                 if spec.kind == "classification" else None)
         stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
                             max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu, logit_shift=shift)
     else:
@@ -208,6 +220,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     if len(data) == 0:
         raise ValueError(f"dev shard {pid} of {num} is empty: fewer dev examples than clients")
     loader = make_loader(data, sess.tokenizer, cfg.eval_batch_size, shuffle=False, prompt_task=prompt_task(cfg))
-    result = evaluate_model(sess.model, loader, cfg.task, sess.device, AMP[cfg.amp])
+    result = evaluate_model(sess.model, loader, task_of(cfg), sess.device, AMP[cfg.amp])
     result["num-examples"] = result.pop("num_examples")
     return Message(RecordDict({"metrics": MetricRecord(result)}), reply_to=msg)

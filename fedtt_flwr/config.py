@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "identity"]
 Placement = Literal["auto", "encoder", "decoder"]
-TaskKind = Literal["classification", "causal-lm"]
+TaskKind = Literal["classification", "regression", "multiple-choice", "causal-lm"]  # what load_model builds
 
 
 class TTAdapterConfig(BaseModel):
@@ -66,7 +66,7 @@ class TTAdapterConfig(BaseModel):
         return self.shape
 
 
-Partition = Literal["iid", "dirichlet", "pathological"]
+Partition = Literal["iid", "dirichlet", "pathological", "column"]
 ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian", "fedtrimmedavg"]
 
 
@@ -80,8 +80,32 @@ class RunConfig(BaseModel):
 
     # what to train
     model: str = "minilm"
-    task: str = "sst2"
+    task: str = Field("sst2", description="a preset (GLUE: cola sst2 mrpc stsb qqp mnli mnli-mm qnli rte wnli; "
+                                          "SuperGLUE: boolq cb copa superglue-rte wic) or 'custom': your own data "
+                                          "(train-file/dev-file or hub-dataset, and the column keys; docs/data.md)")
     data_dir: str = Field("", description="absolute folder laid out like shared/data; empty: auto / hub")
+    # your own data (task = "custom"; docs/data.md)
+    task_name: str = Field("", description="custom: a name for the task in logs and run folders")
+    task_kind: Literal["auto", "classification", "regression", "multiple-choice"] = Field(
+        "auto", description="custom: what the label is (auto: classification)")
+    train_file: str = Field("", description="custom: a CSV/TSV/JSON/JSONL/Parquet file, a folder or a glob")
+    dev_file: str = Field("", description="custom: the evaluation rows, the same way")
+    data_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
+        "auto", description="custom: the files' format (auto: from the extension)")
+    hub_dataset: str = Field("", description="custom: a Hugging Face hub dataset instead of files")
+    hub_config: str = ""
+    hub_train_split: str = "train"
+    hub_dev_split: str = "validation"
+    text_columns: str = Field("text", description="custom: the text column, or two (a pair) comma-separated; "
+                                                  "multiple choice: the context")
+    label_column: str = "label"
+    choice_columns: str = Field("", description="custom multiple choice: the candidates' columns, comma-separated")
+    labels: str = Field("", description="classification: the label values in id order, comma-separated (empty: "
+                                        "the sorted values of the training file, fixed at start)")
+    metrics: str = Field("", description="comma-separated (empty: the kind's default)")
+    partition_column: str = Field("", description="partition = 'column': one client per value of this column")
+    bad_rows: Literal["error", "skip"] = Field("error", description="a bad row stops the run with its file, row and "
+                                                                    "column (error), or is skipped and counted (skip)")
     method: str = Field("fedtt", description="a registered method (fedtt_flwr.methods): fedtt, fedtt+, adapter, "
                                              "lora, ffa-lora, rolora, ...")
     rank: int = Field(5, ge=1)
@@ -175,11 +199,27 @@ class RunConfig(BaseModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from .data import TASKS
+        from .tasks import CUSTOM, PRESETS
 
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASKS)}")
+        if v not in PRESETS and v != CUSTOM:
+            raise ValueError(f"unknown task {v!r}; presets: {', '.join(PRESETS)}, or {CUSTOM!r} for your own data")
         return v
+
+    @model_validator(mode="after")
+    def _task_keys(self) -> RunConfig:
+        from .tasks import CUSTOM, task_of
+
+        custom = ("task_name", "task_kind", "train_file", "dev_file", "data_format", "hub_dataset", "hub_config",
+                  "text_columns", "label_column", "choice_columns", "labels", "metrics")
+        if self.task != CUSTOM:
+            given = [k.replace("_", "-") for k in custom if getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)} describe your own data: set task = 'custom' (task "
+                                 f"{self.task!r} is a preset with its own files and columns)")
+        if self.partition == "column" and not self.partition_column:
+            raise ValueError("partition = 'column' needs partition-column (the column whose values are the clients)")
+        task_of(self)  # the spec's own checks: kind, columns, metrics
+        return self
 
     @field_validator("method")
     @classmethod
@@ -255,7 +295,9 @@ class RunConfig(BaseModel):
 #: run-config keys that never change how the model is built: everything else does (a new key rebuilds the
 #: client's cached model until it is listed here, never the other way round)
 TRAINING_KEYS = frozenset({
-    "data_dir", "schedule", "schedule_middle", "sync", "tt_average", "pack_arrays", "num_server_rounds",
+    "data_dir", "task_name", "train_file", "dev_file", "data_format", "hub_dataset", "hub_config", "hub_train_split",
+    "hub_dev_split", "text_columns", "label_column", "choice_columns", "metrics", "partition_column", "bad_rows",
+    "schedule", "schedule_middle", "sync", "tt_average", "pack_arrays", "num_server_rounds",
     "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "allow_node_errors", "max_examples",
     "round_timeout",
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",

@@ -1,16 +1,14 @@
-"""GLUE / SuperGLUE tasks: where their data comes from, reading the original files, and metrics.
+"""Where a task's data comes from (a local folder, a user's files, the Hugging Face hub), loading its splits, and
+federated partitions of them.
 
-The local layout is that of ``shared/data`` (``glue/SST-2/train.tsv``, ``superglue/CB/val.jsonl``, ...).
-Every task becomes a ``datasets.Dataset`` with columns ``text_a``, ``text_b`` (may be empty) and
-``label`` (int). ``python -m fedtt_flwr.data download TASK --out DIR`` writes that layout from the hub.
+Presets read the local layout of ``shared/data`` (``glue/SST-2/train.tsv``, ``superglue/CB/val.jsonl``, ...);
+``python -m fedtt_flwr.data download TASK --out DIR`` writes that layout from the hub. What a task is (columns,
+kind, labels, metrics) and how rows are checked: :mod:`.tasks`; reading files: :mod:`.readers`.
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
-import csv
-import io
 import json
 import os
 import sys
@@ -19,12 +17,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 from datasets import Dataset
+
+from .readers import Records, expand, read_records
+from .tasks import PRESETS, Examples, TaskSpec, infer_labels, label_ids, label_text
+from .tasks import compute_metrics as _task_metrics
 
 DATA_DIR_ENV = "FEDTT_DATA_DIR"
 #: ``shared/data`` next to this checkout (``../shared/data`` from the repository root); a module constant
@@ -36,161 +38,16 @@ HUB_PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class _Rows(NamedTuple):
-    """A file's rows as columns (raw label strings), with each row's 1-based line for error messages."""
-
-    text_a: list[str]
-    text_b: list[str]
-    label: list[str]
-    lines: Sequence[int]
+TASKS = PRESETS  # the preset tasks by name
 
 
-def _read_text(path: Path) -> str:
-    """The whole file as text, a leading BOM dropped. One decode is several times faster than decoding
-    line by line, and on failure the error's byte offset still gives the line and column."""
-    data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # everything before e.start decoded fine; count lines the way universal newlines do
-        before = data[:e.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        raise ValueError(f"{path} line {len(before)}, column {len(before[-1]) + 1} (byte 0x{data[e.start]:02x}): "
-                         "not valid UTF-8") from None
-
-
-@dataclass(frozen=True)
-class TsvFormat:
-    """A GLUE .tsv file: tab-separated, no quoting (quotes are text), one row per line."""
-
-    columns: tuple[str, ...]  # the file's columns, in order
-    text_a: str
-    text_b: str | None
-    label: str
-    header: bool = True
-
-    def read(self, path: Path) -> _Rows:
-        lines = io.StringIO(_read_text(path), newline="")
-        skip = 1 if self.header else 0
-        rows = list(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))[skip:]
-        first_line = skip + 1
-        a, label = self.columns.index(self.text_a), self.columns.index(self.label)
-        b = self.columns.index(self.text_b) if self.text_b else None
-        try:
-            return _Rows([r[a] for r in rows], [r[b] for r in rows] if b is not None else [""] * len(rows),
-                         [r[label] for r in rows], range(first_line, first_line + len(rows)))
-        except IndexError:
-            need = max(a, label, -1 if b is None else b) + 1
-            i = next(i for i, r in enumerate(rows) if len(r) < need)
-            raise ValueError(f"{path} line {first_line + i}: expected at least {need} tab-separated fields "
-                             f"({', '.join(self.columns[:need])}), got {len(rows[i])}") from None
-
-    def write(self, path: Path, rows: _Rows) -> None:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            if self.header:
-                f.write("\t".join(self.columns) + "\n")
-            for i, (a, b, label) in enumerate(zip(rows.text_a, rows.text_b, rows.label, strict=True)):
-                values = {self.text_a: a, self.label: label, **({self.text_b: b} if self.text_b else {})}
-                fields = [values.get(c, "") for c in self.columns]
-                if any("\t" in v or "\n" in v or "\r" in v for v in fields):
-                    raise ValueError(f"{path}: row {i} has a tab or line break in its text, which a GLUE .tsv "
-                                     "(no quoting) cannot hold")
-                f.write("\t".join(fields) + "\n")
-
-
-@dataclass(frozen=True)
-class JsonlFormat:
-    """A SuperGLUE .jsonl file: one JSON object per line, blank lines skipped; labels compared as ``str``."""
-
-    text_a: str
-    text_b: str
-    label: str = "label"
-    bool_labels: bool = False  # labels are JSON true/false (BoolQ), written back as such
-
-    def read(self, path: Path) -> _Rows:
-        out = _Rows([], [], [], [])
-        for n, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.rstrip("\n"))  # without it, an error at the end would be on "line 2"
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            try:
-                a, b, label = record[self.text_a], record[self.text_b], record[self.label]
-            except KeyError as e:
-                raise ValueError(f"{path} line {n}: no field {e.args[0]!r}") from None
-            except (TypeError, IndexError):  # a list, string or number instead of an object
-                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(record).__name__}") from None
-            if not (isinstance(a, str) and isinstance(b, str)):
-                field, value = (self.text_a, a) if not isinstance(a, str) else (self.text_b, b)
-                raise ValueError(f"{path} line {n}: field {field!r} is {type(value).__name__}, expected a string")
-            out.text_a.append(a)
-            out.text_b.append(b)
-            out.label.append(str(label))
-            out.lines.append(n)
-        return out
-
-    def write(self, path: Path, rows: _Rows) -> None:
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for i, (a, b, label) in enumerate(zip(rows.text_a, rows.text_b, rows.label, strict=True)):
-                value: str | bool = label == "True" if self.bool_labels else label
-                f.write(json.dumps({self.text_a: a, self.text_b: b, self.label: value, "idx": i},
-                                   ensure_ascii=False) + "\n")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    labels: tuple[str, ...]  # label names in id order (raw values as they appear in the files)
-    folder: str  # relative to the data dir
-    files: dict[str, str]  # split -> file name
-    file_format: TsvFormat | JsonlFormat
-    metrics: tuple[str, ...]  # first one is the task's main metric
-    hub: tuple[str, str]  # (dataset, config) for datasets.load_dataset
-    hub_fields: tuple[str, str | None]  # text_a, text_b column names on the hub
-
-
-_GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
-_SUPERGLUE_FILES = {"train": "train.jsonl", "dev": "val.jsonl"}
-_PAIR = ("entailment", "not_entailment")
-
-TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in [
-        TaskSpec("sst2", ("0", "1"), "glue/SST-2", _GLUE_FILES,
-                 TsvFormat(("sentence", "label"), "sentence", None, "label"),
-                 ("accuracy",), ("nyu-mll/glue", "sst2"), ("sentence", None)),
-        TaskSpec("mrpc", ("0", "1"), "glue/MRPC", _GLUE_FILES,
-                 TsvFormat(("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), "#1 String", "#2 String",
-                           "Quality"),
-                 ("f1", "accuracy"), ("nyu-mll/glue", "mrpc"), ("sentence1", "sentence2")),
-        TaskSpec("rte", _PAIR, "glue/RTE", _GLUE_FILES,
-                 TsvFormat(("index", "sentence1", "sentence2", "label"), "sentence1", "sentence2", "label"),
-                 ("accuracy",), ("nyu-mll/glue", "rte"), ("sentence1", "sentence2")),
-        TaskSpec("qnli", _PAIR, "glue/QNLI", _GLUE_FILES,
-                 TsvFormat(("index", "question", "sentence", "label"), "question", "sentence", "label"),
-                 ("accuracy",), ("nyu-mll/glue", "qnli"), ("question", "sentence")),
-        TaskSpec("cola", ("0", "1"), "glue/CoLA", _GLUE_FILES,
-                 TsvFormat(("source", "label", "original_label", "sentence"), "sentence", None, "label", header=False),
-                 ("mcc", "accuracy"), ("nyu-mll/glue", "cola"), ("sentence", None)),
-        TaskSpec("boolq", ("False", "True"), "superglue/BoolQ", _SUPERGLUE_FILES,
-                 JsonlFormat("passage", "question", bool_labels=True), ("accuracy",), ("aps/super_glue", "boolq"),
-                 ("passage", "question")),
-        TaskSpec("cb", ("entailment", "contradiction", "neutral"), "superglue/CB", _SUPERGLUE_FILES,
-                 JsonlFormat("premise", "hypothesis"), ("accuracy", "f1"), ("aps/super_glue", "cb"),
-                 ("premise", "hypothesis")),
-        TaskSpec("superglue-rte", _PAIR, "superglue/RTE", _SUPERGLUE_FILES, JsonlFormat("premise", "hypothesis"),
-                 ("accuracy",), ("aps/super_glue", "rte"), ("premise", "hypothesis")),
-    ]
-}
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]
+def get_task(task: str | TaskSpec) -> TaskSpec:
+    """A preset by name (a spec passes through)."""
+    if isinstance(task, TaskSpec):
+        return task
+    if task not in PRESETS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(PRESETS)}")
+    return PRESETS[task]
 
 
 def default_data_dir() -> Path | None:
@@ -205,22 +62,22 @@ def default_data_dir() -> Path | None:
 class DataSource:
     """Where a task's data is read from, resolved once so that every reader and message agrees on it."""
 
-    kind: Literal["local", "hub"]  # local: a folder in the GLUE/SuperGLUE layout
+    kind: Literal["local", "hub", "files"]  # local: a folder in the GLUE/SuperGLUE layout; files: a user's files
     description: str  # for messages: "data-dir /x", "the Hugging Face hub (nyu-mll/glue sst2, cached)", ...
-    folder: Path | None = None  # local only
+    folder: Path | None = None  # local: the data folder; files: the folder relative paths are under (or None)
     cached: bool = False  # hub only: in the local datasets cache, so it loads without the network
 
 
 def _split_path(task: TaskSpec, folder: Path, split: str) -> Path:
-    return folder / task.folder / task.files[split]
+    return folder / task.folder / task.file(split)
 
 
 def _has_task(task: TaskSpec, folder: Path) -> bool:
-    return any(_split_path(task, folder, split).is_file() for split in task.files)
+    return any(_split_path(task, folder, split).is_file() for split in task.splits)
 
 
 def _layout(task: TaskSpec) -> str:
-    return ", ".join(f"{task.folder}/{name}" for name in task.files.values())
+    return ", ".join(f"{task.folder}/{name}" for _, name in task.files)
 
 
 def _named_folder(task: TaskSpec, folder: Path, description: str) -> DataSource:
@@ -253,7 +110,7 @@ def _hub_cached(task: TaskSpec) -> bool:
     """Whether ``load_dataset`` would find the task in the cache offline (its layout:
     ``<namespace>___<name>/<config>/<version>/<hash>/dataset_info.json``); a glob, so no import or network."""
     name, config = task.hub
-    return any((_datasets_cache() / name.replace("/", "___") / config).glob("*/*/dataset_info.json"))
+    return any((_datasets_cache() / name.replace("/", "___") / (config or "default")).glob("*/*/dataset_info.json"))
 
 
 def _hub_endpoint() -> str:
@@ -289,7 +146,7 @@ def _hub_problem(endpoint: str) -> str | None:
 
 def _hub_source(task: TaskSpec) -> tuple[DataSource | None, str]:
     """The hub as a source when usable (its cache first: no network needed), else ``(None, where it looked)``."""
-    label = f"{task.hub[0]} {task.hub[1]}"
+    label = " ".join(filter(None, task.hub))
     if _hub_cached(task):
         return DataSource("hub", f"the Hugging Face hub ({label}, cached)", cached=True), ""
     looked = f"the Hugging Face datasets cache ({_datasets_cache()}: no {label})"
@@ -302,15 +159,39 @@ def _hub_source(task: TaskSpec) -> tuple[DataSource | None, str]:
     return None, f"{looked}, the Hugging Face hub ({endpoint}: {problem})"
 
 
-def resolve_data_source(task_name: str, data_dir: str | os.PathLike | None = None) -> DataSource:
-    """Where ``task_name``'s data comes from, first found of: ``data_dir``, ``$FEDTT_DATA_DIR``, ``../shared/data``
-    next to the checkout, the Hugging Face hub's local cache, the hub itself (when reachable and offline mode is
-    not forced). Checked before anything starts, so that a run without data fails in seconds, not after launch.
+def _user_source(task: TaskSpec, data_dir: str | os.PathLike | None) -> DataSource:
+    """A user's own files (``train-file``/``dev-file``) or hub dataset (``hub-dataset``), checked to exist."""
+    if task.files and task.hub:
+        raise ValueError(f"task {task.name}: give train-file/dev-file or hub-dataset, not both")
+    if task.hub:
+        hub, looked = _hub_source(task)
+        if hub is None:
+            raise FileNotFoundError(f"task {task.name}: hub dataset {' '.join(filter(None, task.hub))} is not "
+                                    f"available; looked at {looked}")
+        return hub
+    if not task.files:
+        raise ValueError(f"task {task.name}: no data: set train-file (and dev-file) to your files, or hub-dataset")
+    base = Path(data_dir) if data_dir else None
+    for split, spec in task.files:
+        try:
+            expand(spec, base)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"task {task.name}: {split}-file {e}") from None
+    return DataSource("files", ", ".join(f"{split}-file {spec}" for split, spec in task.files), base)
+
+
+def resolve_data_source(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> DataSource:
+    """Where a task's data comes from. A user's task: its files or hub dataset. A preset: first found of
+    ``data_dir``, ``$FEDTT_DATA_DIR``, ``../shared/data`` next to the checkout, the Hugging Face hub's local cache,
+    the hub itself (when reachable and offline mode is not forced). Checked before anything starts, so that a run
+    without data fails in seconds, not after launch.
 
     A named folder (``data_dir`` or the variable) without the task is an error, not a fallback. With no source,
     one ``FileNotFoundError`` whose one-line message says where it looked and how to fix it.
     """
-    task = get_task(task_name)
+    task = get_task(task)
+    if not task.folder:
+        return _user_source(task, data_dir)
     if data_dir:  # "" is the run config's "not set"
         return _named_folder(task, Path(data_dir), f"data-dir {data_dir}")
     if os.environ.get(DATA_DIR_ENV):
@@ -329,18 +210,6 @@ def resolve_data_source(task_name: str, data_dir: str | os.PathLike | None = Non
         f"`python -m fedtt_flwr.data download {task.name} --out DIR` on a machine with network access")
 
 
-def _to_dataset(task: TaskSpec, rows: _Rows, path: Path) -> Dataset:
-    index = {name: i for i, name in enumerate(task.labels)}
-    try:
-        labels = [index[value] for value in rows.label]
-    except KeyError:
-        i = next(i for i, value in enumerate(rows.label) if value not in index)
-        bad = sorted(set(rows.label) - index.keys())
-        raise ValueError(f"{path} line {rows.lines[i]}: unexpected label {rows.label[i]!r} for task {task.name} "
-                         f"(expected one of {list(task.labels)}; unexpected values in the file: {bad[:5]})") from None
-    return Dataset.from_dict({"text_a": rows.text_a, "text_b": rows.text_b, "label": labels})
-
-
 @contextmanager
 def _datasets_offline(on: bool) -> Iterator[None]:
     """datasets reads HF_HUB_OFFLINE once, at import: setting it on its config for one call makes a cached
@@ -355,58 +224,115 @@ def _datasets_offline(on: bool) -> Iterator[None]:
         config.HF_HUB_OFFLINE = saved
 
 
-def _load_hub(task: TaskSpec, split: str, cached: bool) -> Dataset:
-    from datasets import load_dataset
+def _hub_records(task: TaskSpec, split: str, cached: bool) -> Records:
+    """A hub split as records with the task's (file) column names; class ids become the label values as files
+    write them (a preset's own label order, else the dataset's class names)."""
+    from datasets import ClassLabel, load_dataset
 
     with _datasets_offline(cached):
-        ds = load_dataset(*task.hub, split="validation" if split == "dev" else "train",
+        ds = load_dataset(task.hub[0], task.hub[1] or None, split=task.hub_split(split),
                           cache_dir=str(_datasets_cache()))
-    a, b = task.hub_fields
-    return Dataset.from_dict({"text_a": ds[a], "text_b": ds[b] if b else [""] * len(ds), "label": ds["label"]})
+    rename = {hub: col for col, hub in task.hub_columns}
+    label_hub = next((hub for col, hub in task.hub_columns if col == task.label), task.label)
+    feature = ds.features.get(label_hub)
+    names = None
+    if task.kind == "classification" and isinstance(feature, ClassLabel):
+        names = list(task.labels) if task.labels is not None else feature.names
+
+    def rows() -> Iterator[tuple[str, dict]]:
+        for n, record in enumerate(ds, 1):
+            out = {rename.get(k, k): v for k, v in record.items()}
+            if names is not None and isinstance(out.get(task.label), int) and 0 <= out[task.label] < len(names):
+                out[task.label] = names[out[task.label]]
+            yield f"row {n}", out
+
+    where = f"{' '.join(filter(None, task.hub))} [{task.hub_split(split)}]"
+    return Records(Path(where), [rename.get(c, c) for c in ds.column_names], rows(), [])
+
+
+def _class_names(task: TaskSpec, cached: bool) -> tuple[str, ...] | None:
+    """A hub dataset's class names, when its label column is a ClassLabel (the label set, in the hub's order)."""
+    from datasets import ClassLabel, load_dataset_builder
+
+    with _datasets_offline(cached):
+        builder = load_dataset_builder(task.hub[0], task.hub[1] or None, cache_dir=str(_datasets_cache()))
+    feature = (builder.info.features or {}).get(task.label)
+    return tuple(feature.names) if isinstance(feature, ClassLabel) else None
+
+
+def _split_files(task: TaskSpec, split: str, source: DataSource) -> list[Path]:
+    if source.kind == "local":
+        path = _split_path(task, source.folder, split)
+        if not path.is_file():
+            raise FileNotFoundError(f"task {task.name}: no {split} file at {path} ({source.description})")
+        return [path]
+    spec = task.file(split)
+    if spec is None:
+        raise FileNotFoundError(f"task {task.name}: no {split}-file given")
+    return expand(spec, source.folder)
+
+
+def read_examples(task: TaskSpec, split: str, source: DataSource) -> Examples:
+    """Every row of one split, checked; what was skipped (blank lines, ``bad-rows = skip``) is printed once."""
+    examples = Examples()
+    if source.kind == "hub":
+        examples.read(task, _hub_records(task, split, source.cached))
+    else:
+        for path in _split_files(task, split, source):
+            examples.read(task, read_records(path, task.fmt))
+    for note in examples.notes(split):
+        print(f"[fedtt] task {task.name} {note}", flush=True)
+    if not examples.label:
+        raise ValueError(f"task {task.name}: the {split} split has no rows ({source.description})")
+    return examples
+
+
+def with_labels(task: TaskSpec, data_dir: str | os.PathLike | None = None) -> TaskSpec:
+    """The task with its label set: as given, else a hub dataset's class names, else the sorted label values of
+    the training split (so every node and the server agree, the caller fixes them in the run config)."""
+    if task.kind != "classification" or task.labels is not None:
+        return task
+    source = resolve_data_source(task, data_dir)
+    names = _class_names(task, source.cached) if source.kind == "hub" else None
+    if names is None:
+        names = infer_labels(read_examples(task, "train", source).label)
+    if len(names) < 2:
+        raise ValueError(f"task {task.name}: the training split has only the label(s) {list(names)}; a "
+                         "classification needs at least 2 (set labels = 'a,b' if the other one is just absent here)")
+    return replace(task, labels=names)
+
+
+def _to_dataset(task: TaskSpec, examples: Examples, split: str) -> Dataset:
+    columns = {"text_a": examples.text_a, "text_b": examples.text_b, "label": label_ids(task, examples, split)}
+    if task.kind == "multiple-choice":
+        columns["choices"] = examples.choices
+    if task.group:
+        columns["group"] = examples.group
+    return Dataset.from_dict(columns)
 
 
 def _load(task: TaskSpec, split: str, source: DataSource) -> Dataset:
-    if source.kind == "hub":
-        return _load_hub(task, split, source.cached)
-    path = _split_path(task, source.folder, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"task {task.name}: no {split} file at {path} ({source.description})")
-    return _to_dataset(task, task.file_format.read(path), path)
+    if task.kind == "classification" and task.labels is None:
+        raise ValueError(f"task {task.name}: its labels are not known; set labels = 'a,b,...' in the run config "
+                         "(`fedtt-flwr simulate` and `finetune` infer them from the training file)")
+    return _to_dataset(task, read_examples(task, split, source), split)
 
 
-def load_split(task_name: str, split: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """One split (``train`` or ``dev``) of a task, from the source :func:`resolve_data_source` finds.
 
     A local folder that lacks the split's file is an error naming the file (no silent hub fallback); a
-    malformed file is a ``ValueError`` naming the file and line.
+    malformed file is a ``ValueError`` naming the file, row and column.
     """
-    task = get_task(task_name)
-    if split not in task.files:
-        raise ValueError(f"split must be one of {list(task.files)}, got {split!r}")
-    return _load(task, split, resolve_data_source(task_name, data_dir))
+    task = get_task(task)
+    if split not in task.splits:
+        raise ValueError(f"split must be one of {list(task.splits)}, got {split!r}")
+    return _load(task, split, resolve_data_source(task, data_dir))
 
 
-def compute_metrics(task_name: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The task's metrics by name: ``accuracy``, ``f1`` (binary: positive class 1; else macro), ``mcc``."""
-    task = get_task(task_name)
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    out = {"accuracy": float((predictions == labels).mean()) if len(labels) else 0.0}
-    if "f1" in task.metrics:
-        classes = [1] if len(task.labels) == 2 else list(range(len(task.labels)))
-        f1s = []
-        for c in classes:
-            tp = float(((predictions == c) & (labels == c)).sum())
-            denom = float((predictions == c).sum() + (labels == c).sum())
-            f1s.append(2 * tp / denom if denom else 0.0)
-        out["f1"] = float(np.mean(f1s))
-    if "mcc" in task.metrics:
-        tp = float(((predictions == 1) & (labels == 1)).sum())
-        tn = float(((predictions == 0) & (labels == 0)).sum())
-        fp = float(((predictions == 1) & (labels == 0)).sum())
-        fn = float(((predictions == 0) & (labels == 1)).sum())
-        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        out["mcc"] = float((tp * tn - fp * fn) / denom) if denom else 0.0
-    return out
+def compute_metrics(task: str | TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The task's metrics by name (:func:`fedtt_flwr.tasks.compute_metrics`)."""
+    return _task_metrics(get_task(task), predictions, labels)
 
 
 #: Tasks shipped here without a train split get one carved from their dev/val file with this fixed
@@ -415,16 +341,16 @@ DEV_SPLIT_SEED = 1234
 DEV_SPLIT_TRAIN_FRACTION = 0.8
 
 
-def load_task(task_name: str, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset, str | None]:
+def load_task(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset, str | None]:
     """``(train, dev, note)``. When a local folder has the dev file but no train file (QNLI and BoolQ in
     shared/data), the dev file is split 80/20 deterministically and ``note`` says so."""
-    task = get_task(task_name)
-    source = resolve_data_source(task_name, data_dir)
+    task = get_task(task)
+    source = resolve_data_source(task, data_dir)
     dev = _load(task, "dev", source)
-    if source.kind == "hub" or _split_path(task, source.folder, "train").is_file():
+    if source.kind != "local" or _split_path(task, source.folder, "train").is_file():
         return _load(task, "train", source), dev, None
     parts = dev.train_test_split(train_size=DEV_SPLIT_TRAIN_FRACTION, seed=DEV_SPLIT_SEED, shuffle=True)
-    note = (f"task {task_name}: no local train file, so its dev file ({len(dev)} rows) was split "
+    note = (f"task {task.name}: no local train file, so its dev file ({len(dev)} rows) was split "
             f"{DEV_SPLIT_TRAIN_FRACTION:.0%}/{1 - DEV_SPLIT_TRAIN_FRACTION:.0%} (seed {DEV_SPLIT_SEED}) into "
             f"train ({len(parts['train'])}) and test ({len(parts['test'])}); the test part is reported as dev")
     return parts["train"], parts["test"], note
@@ -432,15 +358,31 @@ def load_task(task_name: str, data_dir: str | os.PathLike | None = None) -> tupl
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    kind: str  # iid | dirichlet | pathological
+    kind: str  # iid | dirichlet | pathological | column
     num_partitions: int
     alpha: float = 0.5
     classes_per_client: int = 1
     seed: int = 0
+    by: str = "label"  # what label skew is over: "label", or "label_bin" (a regression's score bins)
+
+
+#: a regression's scores are cut into this many equal-count bins for label-skewed partitions
+SCORE_BINS = 5
+
+
+def partition_view(dataset: Dataset, task: TaskSpec, spec: PartitionSpec) -> tuple[Dataset, PartitionSpec]:
+    """The dataset and spec a partitioner reads: a regression's label skew is over score bins (quantiles)."""
+    if task.kind != "regression" or spec.kind not in ("dirichlet", "pathological"):
+        return dataset, spec
+    scores = np.asarray(dataset["label"], dtype=np.float64)
+    edges = np.quantile(scores, np.linspace(0, 1, SCORE_BINS + 1)[1:-1]) if len(scores) else []
+    bins = np.searchsorted(edges, scores, side="right").tolist()
+    return dataset.add_column("label_bin", bins), replace(spec, by="label_bin")
 
 
 def make_partitioner(spec: PartitionSpec):
-    """A flwr-datasets partitioner for the spec (deterministic by seed)."""
+    """A flwr-datasets partitioner for the spec (deterministic by seed). ``column``: one partition per value of
+    the dataset's ``group`` column (``partition-column``), a natural split."""
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
     if spec.num_partitions < 1:
@@ -448,13 +390,42 @@ def make_partitioner(spec: PartitionSpec):
     if spec.kind == "iid":
         return IidPartitioner(num_partitions=spec.num_partitions)
     if spec.kind == "dirichlet":
-        return DirichletPartitioner(num_partitions=spec.num_partitions, partition_by="label", alpha=spec.alpha,
+        return DirichletPartitioner(num_partitions=spec.num_partitions, partition_by=spec.by, alpha=spec.alpha,
                                     min_partition_size=2, self_balancing=False, seed=spec.seed)
     if spec.kind == "pathological":
-        return PathologicalPartitioner(num_partitions=spec.num_partitions, partition_by="label",
+        return PathologicalPartitioner(num_partitions=spec.num_partitions, partition_by=spec.by,
                                        num_classes_per_partition=spec.classes_per_client,
                                        class_assignment_mode="deterministic", seed=spec.seed)
-    raise ValueError(f"unknown partition {spec.kind!r}: use iid, dirichlet or pathological")
+    if spec.kind == "column":
+        return _ColumnPartitioner(spec.num_partitions)
+    raise ValueError(f"unknown partition {spec.kind!r}: use iid, dirichlet, pathological or column")
+
+
+class _ColumnPartitioner:
+    """One partition per value of ``group``, in sorted order (the same on every node), checked: as many clients
+    as the column has values."""
+
+    def __init__(self, num_partitions: int) -> None:
+        self.num_partitions = num_partitions
+        self._dataset: Dataset | None = None
+        self._values: list[str] = []
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: Dataset) -> None:
+        self._values = sorted(set(value["group"]))
+        if len(self._values) != self.num_partitions:
+            raise ValueError(f"partition = 'column': the partition column has {len(self._values)} values "
+                             f"({', '.join(self._values[:8])}{', ...' if len(self._values) > 8 else ''}) but the run "
+                             f"has {self.num_partitions} clients; run with {len(self._values)} clients")
+        self._dataset = value
+
+    def load_partition(self, partition_id: int) -> Dataset:
+        value = self._values[partition_id]
+        return self._dataset.filter(lambda g: g == value, input_columns="group")
 
 
 def check_partition_id(spec: PartitionSpec, partition_id: int) -> None:
@@ -462,37 +433,61 @@ def check_partition_id(spec: PartitionSpec, partition_id: int) -> None:
         raise ValueError(f"partition-id {partition_id} is outside 0..{spec.num_partitions - 1}")
 
 
-def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int) -> Dataset:
+def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int, task: TaskSpec | None = None) -> Dataset:
     """One client's share of ``dataset``."""
     check_partition_id(spec, partition_id)
+    if task is not None:
+        dataset, spec = partition_view(dataset, task, spec)
     p = make_partitioner(spec)
     p.dataset = dataset
     return p.load_partition(partition_id)
 
 
-def write_split(task_name: str, split: str, dataset: Dataset, out_dir: str | os.PathLike) -> Path:
-    """Write one split (columns ``text_a``, ``text_b``, ``label`` ids) under ``out_dir`` in the task's local
-    GLUE/SuperGLUE layout, which the readers then load offline; returns the file written. It is written
-    under a temporary name first, so an interrupted download never leaves a half file that looks complete."""
+def _write_tsv(path: Path, task: TaskSpec, records: list[dict]) -> None:
+    columns = list(task.fmt.columns or task.columns)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if task.fmt.columns is None:
+            f.write("\t".join(columns) + "\n")
+        for i, record in enumerate(records):
+            fields = [str(record.get(c, "")) for c in columns]
+            if any("\t" in v or "\n" in v or "\r" in v for v in fields):
+                raise ValueError(f"{path}: row {i} has a tab or line break in its text, which a GLUE .tsv "
+                                 "(no quoting) cannot hold")
+            f.write("\t".join(fields) + "\n")
+
+
+def _write_jsonl(path: Path, task: TaskSpec, records: list[dict]) -> None:
+    bools = task.labels == ("False", "True")  # SuperGLUE writes these labels as JSON booleans
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for i, record in enumerate(records):
+            out = {c: record[c] for c in task.columns if c in record}
+            if bools and out.get(task.label) in task.labels:
+                out[task.label] = out[task.label] == "True"
+            f.write(json.dumps({**out, "idx": i}, ensure_ascii=False) + "\n")
+
+
+def write_split(task_name: str, split: str, records: list[dict], out_dir: str | os.PathLike) -> Path:
+    """Write one split's records (the task's columns, labels as files write them) under ``out_dir`` in the
+    preset's GLUE/SuperGLUE layout, which the readers then load offline; returns the file written. Written under a
+    temporary name first, so an interrupted download never leaves a half file that looks complete."""
     task = get_task(task_name)
-    if split not in task.files:
-        raise ValueError(f"split must be one of {list(task.files)}, got {split!r}")
-    ids = dataset["label"]
-    wrong = next((i for i, y in enumerate(ids) if not 0 <= y < len(task.labels)), None)
-    if wrong is not None:
-        raise ValueError(f"task {task.name} {split}: row {wrong} has label id {ids[wrong]}, "
-                         f"outside 0..{len(task.labels) - 1}")
+    if split not in task.splits:
+        raise ValueError(f"split must be one of {list(task.splits)}, got {split!r}")
+    if task.labels is not None:
+        wrong = next((i for i, r in enumerate(records) if label_text(r.get(task.label)) not in task.labels), None)
+        if wrong is not None:
+            raise ValueError(f"task {task.name} {split}: row {wrong} has label {records[wrong].get(task.label)!r}, "
+                             f"not one of {list(task.labels)}")
     path = _split_path(task, Path(out_dir), split)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    rows = _Rows(dataset["text_a"], dataset["text_b"], [task.labels[y] for y in ids], range(1, len(ids) + 1))
-    task.file_format.write(part, rows)
+    (_write_tsv if task.fmt.kind == "tsv" else _write_jsonl)(part, task, records)
     part.replace(path)
     return path
 
 
 def download(task_names: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
-    """Fetch tasks' train and dev splits from the hub (or its cache) into ``out_dir`` in the local layout:
+    """Fetch presets' train and dev splits from the hub (or its cache) into ``out_dir`` in the local layout:
     fetch once on a machine with network access, then run anywhere with ``FEDTT_DATA_DIR=out_dir``."""
     written = []
     for name in task_names:
@@ -500,7 +495,9 @@ def download(task_names: Sequence[str], out_dir: str | os.PathLike) -> list[Path
         source, looked = _hub_source(task)
         if source is None:
             raise FileNotFoundError(f"task {name}: cannot download; looked at {looked}")
-        written += [write_split(name, split, _load_hub(task, split, source.cached), out_dir) for split in task.files]
+        for split in task.splits:
+            records = [r for _, r in _hub_records(task, split, source.cached).rows]
+            written.append(write_split(name, split, records, out_dir))
     return written
 
 

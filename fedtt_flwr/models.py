@@ -20,6 +20,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     LlamaConfig,
@@ -122,19 +123,30 @@ def _cannot_load(name: str, path: str, exc: Exception) -> str:
            "'smollm2-135m' or a local folder."
 
 
+_AUTO = {"classification": AutoModelForSequenceClassification, "regression": AutoModelForSequenceClassification,
+         "multiple-choice": AutoModelForMultipleChoice, "causal-lm": AutoModelForCausalLM}
+
+
 def _auto_class(task_kind: TaskKind):
+    if task_kind not in _AUTO:
+        raise ValueError(f"task_kind must be one of {', '.join(_AUTO)}, got {task_kind!r}")
+    return _AUTO[task_kind]
+
+
+def _head_kwargs(task_kind: TaskKind, num_labels: int) -> dict:
+    """A classifier's width; a regression head is one output with MSE loss; multiple choice scores each
+    candidate with one output (the same head for every candidate)."""
     if task_kind == "classification":
-        return AutoModelForSequenceClassification
-    if task_kind == "causal-lm":
-        return AutoModelForCausalLM
-    raise ValueError(f"task_kind must be 'classification' or 'causal-lm', got {task_kind!r}")
+        return {"num_labels": num_labels}
+    if task_kind == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {}
 
 
 def build_empty_model(name_or_path: str, task_kind: TaskKind = "classification", num_labels: int = 2) -> nn.Module:
     """The model's architecture on the ``meta`` device (no weights, no memory): for counting."""
     config = model_config(name_or_path)
-    kwargs = {"num_labels": num_labels} if task_kind == "classification" else {}
-    config = config.__class__.from_dict({**config.to_dict(), **kwargs})
+    config = config.__class__.from_dict({**config.to_dict(), **_head_kwargs(task_kind, num_labels)})
     with torch.device("meta"):
         return _auto_class(task_kind).from_config(config)
 
@@ -154,7 +166,7 @@ def load_model(
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         dtype = _DTYPES[dtype]
     path = resolve_model_path(name_or_path)
-    kwargs = {"num_labels": num_labels} if task_kind == "classification" else {}
+    kwargs = _head_kwargs(task_kind, num_labels)
     cls = _auto_class(task_kind)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

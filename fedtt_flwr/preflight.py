@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .config import RunConfig
+from .tasks import task_of
 
 
 class NothingToDo(Exception):
@@ -64,7 +65,7 @@ def check_model(cfg: RunConfig) -> None:
         return
     from .adapters import add_tt_adapters
 
-    kind = "causal-lm" if resolved.prompt_task else "classification"
+    kind = "causal-lm" if resolved.prompt_task else task_of(cfg).kind
     model = add_tt_adapters(build_empty_model(cfg.model, kind), resolved.adapter_config(cfg))  # placement errors
     if resolved.method.rounds != "schedule":
         return
@@ -78,12 +79,20 @@ def check_model(cfg: RunConfig) -> None:
 
 
 def check_data(cfg: RunConfig) -> str | None:
-    """The task's data is there and parses (a bad file is named with its line); returns the load note."""
+    """The task's data is there and every row of it is good (a bad one is named with its file, row and column),
+    before anything starts; returns the load note."""
     from .data import load_task
 
-    if not cfg.central_eval:
-        return None  # the server reads no data; each node checks its own
-    return load_task(cfg.task, cfg.data_dir or None)[2]
+    return load_task(task_of(cfg), cfg.data_dir or None)[2]
+
+
+def check_labels(cfg: RunConfig) -> None:
+    """The apps run elsewhere (``deploy run``): a custom classification's label set cannot be read from its files
+    here, and nodes that each inferred their own could disagree."""
+    task = task_of(cfg)
+    if task.kind == "classification" and task.labels is None:
+        raise ValueError(f"task {task.name}: set labels = 'a,b,...' (every label, in the order the model's outputs "
+                         "use): with nodes reading their own files, the server cannot infer them")
 
 
 def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:
@@ -105,6 +114,7 @@ def preflight(cfg: RunConfig, num_clients: int | None = None, on_this_machine: b
     apps run elsewhere, e.g. ``deploy run`` from a laptop): only the checks that do not depend on the machine."""
     if not on_this_machine:
         check_aggregation(cfg, num_clients)
+        check_labels(cfg)
         return None
     check_output(cfg)
     check_device(cfg)

@@ -185,3 +185,81 @@ class CandidateScorer(nn.Module):
         valid = want >= 0
         token = logp.gather(-1, want.clamp(min=0)[..., None]).squeeze(-1) * valid
         return token.sum(-1).view(batch, c)
+
+
+# --- multiple choice: each example's own candidates (COPA) ----------------------------------------------------
+
+def encode_choice_prompts(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """Columns ``input_ids`` (the context), ``choice_ids`` (each candidate's tokens, after a space) and ``label``.
+    A long context loses its beginning; a long candidate its end."""
+    bos = tokenizer.bos_token_id
+
+    def encode(batch: dict) -> dict:
+        contexts = tokenizer([" ".join(x for x in (a, b) if x) for a, b in zip(batch["text_a"], batch["text_b"],
+                                                                                  strict=True)])["input_ids"]
+        out_ctx, out_choices = [], []
+        for ids, choices in zip(contexts, batch["choices"], strict=True):
+            cands = [tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"][: max_length // 2] or
+                     [tokenizer.eos_token_id] for c in choices]
+            budget = max(max_length - max(len(c) for c in cands), 2)
+            if len(ids) > budget:
+                ids = [bos, *ids[len(ids) - budget + 1:]] if bos is not None and ids[0] == bos else ids[-budget:]
+            out_ctx.append(ids)
+            out_choices.append(cands)
+        return {"input_ids": out_ctx, "choice_ids": out_choices}
+
+    return dataset.map(encode, batched=True, remove_columns=[c for c in ("text_a", "text_b", "choices")
+                                                             if c in dataset.column_names])
+
+
+class ChoicePromptCollator:
+    """Every (context, candidate) sequence of a batch, right-padded: ``input_ids``/``attention_mask`` of shape
+    ``(batch * choices, T)``, ``target_mask`` marking the positions whose next token is a candidate token."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        seqs, starts = [], []
+        for f in features:
+            for cand in f["choice_ids"]:
+                seqs.append([*f["input_ids"], *cand])
+                starts.append(len(f["input_ids"]))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        target = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, (s, start) in enumerate(zip(seqs, starts, strict=True)):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+            target[i, start - 1: len(s) - 1] = True  # position j predicts token j + 1
+        labels = torch.tensor([int(f["label"]) for f in features], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "target_mask": target, "labels": labels}
+
+
+class ChoiceScorer(nn.Module):
+    """A causal LM choosing among each example's own candidates: ``logits[b, c]`` is the mean log-probability of
+    candidate ``c``'s tokens after context ``b`` (length-normalised, as :class:`CandidateScorer`). The LM head runs
+    only where a candidate token is predicted."""
+
+    def __init__(self, lm: nn.Module, num_choices: int) -> None:
+        super().__init__()
+        self.lm, self.num_choices = lm, num_choices
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
+                labels: torch.Tensor | None = None, **_: object) -> SequenceClassifierOutput:
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        rows, cols = target_mask.nonzero(as_tuple=True)
+        logp = self.lm.get_output_embeddings()(hidden[rows, cols]).float().log_softmax(-1)
+        token = logp.gather(-1, input_ids[rows, cols + 1][:, None]).squeeze(-1)
+        total = torch.zeros(input_ids.shape[0], device=token.device).index_add(0, rows, token)
+        logits = (total / target_mask.sum(-1).clamp(min=1)).view(-1, self.num_choices)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)

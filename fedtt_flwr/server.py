@@ -40,9 +40,10 @@ from strategies import FastFedAvg, FedAlternating, FedTT, FedTTPlus, make_schedu
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
 from .config import RunConfig
-from .data import get_task, load_task
+from .data import load_task
 from .methods.build import Resolved, build_model, resolve
 from .models import pick_device
+from .tasks import task_of
 from .train import evaluate, make_loader, tokenize
 
 disable_progress_bar()
@@ -99,7 +100,8 @@ def run_folder(cfg: RunConfig) -> Path:
         check_new_folder(path)
         path.mkdir(parents=True, exist_ok=True)
         return path
-    name = (f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.method.replace('+', 'plus')}-{cfg.model}-{cfg.task}"
+    task = task_of(cfg).name
+    name = (f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.method.replace('+', 'plus')}-{cfg.model}-{task}"
             f"-{cfg.partition}{cfg.alpha if cfg.partition == 'dirichlet' else ''}-r{cfg.rank}-s{cfg.seed}")
     for attempt in itertools.count(1):  # two runs started in the same second get -2, -3, ...
         path = root / (name if attempt == 1 else f"{name}-{attempt}")
@@ -270,8 +272,9 @@ class CentralEval:
 
     def __init__(self, cfg: RunConfig, resolved: Resolved, model, tokenizer, device) -> None:
         self.cfg, self.model, self.device, self.prompts = cfg, model, device, resolved.prompt_task
+        self.task = task_of(cfg)
         self.on = cfg.central_eval and not resolved.method.personal
-        dev, self.note = load_task(cfg.task, cfg.data_dir or None)[1:] if self.on else (None, None)
+        dev, self.note = load_task(self.task, cfg.data_dir or None)[1:] if self.on else (None, None)
         self.loader = None if dev is None else make_loader(
             tokenize(dev, tokenizer, cfg.max_length, self.prompts), tokenizer, cfg.eval_batch_size, False,
             prompt_task=self.prompts)
@@ -282,11 +285,11 @@ class CentralEval:
         if not self.on or (server_round % cfg.eval_every and server_round != cfg.num_server_rounds):
             return {}, None
         set_adapter_state(self.model, {n: a.numpy() for n, a in arrays.items()})
-        res = evaluate(self.model, self.loader, cfg.task, self.device)
+        res = evaluate(self.model, self.loader, self.task, self.device)
         added = {k: v for k, v in res.items() if k != "num_examples"}
         if server_round == 0 and self.prompts is not None:  # a decoder's baseline: the backbone, no adapters
             with adapters_off(self.model):
-                zero = evaluate(self.model, self.loader, cfg.task, self.device)
+                zero = evaluate(self.model, self.loader, self.task, self.device)
             added.update({f"zero_shot_{k}": v for k, v in zero.items() if k != "num_examples"})
             log(INFO, "[fedtt] zero-shot (no adapters): %s", {k: round(v, 4) for k, v in zero.items()})
         return added, MetricRecord({k: float(v) for k, v in res.items()})
@@ -352,7 +355,7 @@ def main(grid: Grid, context: Context) -> dict:
         log(INFO, "[fedtt] %s", central.note)
     write_config(out, cfg, resolved, state, strategy, central.note)
     # a personalised method's main metric is the nodes' own (federated evaluation)
-    main_metric = ("fed_" if resolved.method.personal else "") + get_task(cfg.task).metrics[0]
+    main_metric = ("fed_" if resolved.method.personal else "") + task_of(cfg).metrics[0]
     metrics_log = MetricsLog(out / "metrics.jsonl", cfg, main_metric)
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()),

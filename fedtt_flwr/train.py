@@ -20,13 +20,40 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .data import compute_metrics
-from .prompts import PromptCollator, encode_prompts
+from .prompts import ChoicePromptCollator, PromptCollator, encode_choice_prompts, encode_prompts
+from .tasks import TaskSpec
+
+
+def _encode_choices(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """Multiple choice for an encoder: one (context, candidate) pair per candidate, ``input_ids`` of shape
+    ``(choices, length)`` per example."""
+    def encode(batch: dict) -> dict:
+        counts = [len(c) for c in batch["choices"]]
+        contexts = [" ".join(x for x in (a, b) if x) for a, b in zip(batch["text_a"], batch["text_b"], strict=True)]
+        firsts = [ctx for ctx, k in zip(contexts, counts, strict=True) for _ in range(k)]
+        enc = tokenizer(firsts, [c for cs in batch["choices"] for c in cs], truncation=True, max_length=max_length)
+        out: dict[str, list] = {k: [] for k in enc}
+        start = 0
+        for k in counts:
+            for key in enc:
+                out[key].append(enc[key][start:start + k])
+            start += k
+        return out
+
+    return dataset.map(encode, batched=True, remove_columns=["text_a", "text_b", "choices"])
 
 
 def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
              prompt_task: str | None = None) -> Dataset:
     """Token ids for ``text_a`` (and ``text_b`` where a task has pairs), truncated to ``max_length``;
-    with ``prompt_task``, the task's prompt (room left for the longest answer)."""
+    with ``prompt_task``, the task's prompt (room left for the longest answer). Multiple choice (a ``choices``
+    column): a pair per candidate (encoders), or the context and each candidate's tokens (decoders)."""
+    extra = [c for c in dataset.column_names if c not in ("text_a", "text_b", "label", "choices")]
+    dataset = dataset.remove_columns(extra)  # partition columns: the model reads none of them
+    if "choices" in dataset.column_names:
+        if prompt_task is not None:
+            return encode_choice_prompts(dataset, tokenizer, max_length)
+        return _encode_choices(dataset, tokenizer, max_length)
     if prompt_task is not None:
         return encode_prompts(dataset, tokenizer, prompt_task, max_length)
     pairs = any(dataset["text_b"][:50])
@@ -38,6 +65,26 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: i
     return dataset.map(encode, batched=True, remove_columns=["text_a", "text_b"])
 
 
+class ChoiceCollator:
+    """Encoder multiple choice: every candidate pair of a batch padded together, ``(batch, choices, length)``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        n = len(features[0]["input_ids"])
+        keys = [k for k in features[0] if k != "label"]
+        batch = self.tokenizer.pad([{k: f[k][i] for k in keys} for f in features for i in range(n)],
+                                   return_tensors="pt")
+        out = {k: v.view(len(features), n, -1) for k, v in batch.items()}
+        out["labels"] = torch.tensor([int(f["label"]) for f in features], dtype=torch.long)
+        return out
+
+
+def _nested(dataset: Dataset) -> bool:
+    return len(dataset) > 0 and isinstance(dataset[0]["input_ids"][0], list)
+
+
 def make_loader(
     dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool, seed: int = 0,
     prompt_task: str | None = None,
@@ -45,12 +92,16 @@ def make_loader(
     """Batches padded to the longest sequence in the batch (not to ``max_length``: much faster on CPU);
     with ``prompt_task``, prompts left-padded (they all end where the answers begin)."""
     generator = torch.Generator().manual_seed(seed)
-    if prompt_task is not None:
+    if "choice_ids" in dataset.column_names:
+        collate = ChoicePromptCollator(tokenizer)
+    elif _nested(dataset):
+        collate = ChoiceCollator(tokenizer)
+    elif prompt_task is not None:
         collate = PromptCollator(tokenizer)
     else:
         collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    return DataLoader(dataset.with_format("torch"), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collate)
+        dataset = dataset.with_format("torch")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -142,9 +193,11 @@ def train_steps(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype: torch.dtype | None = None
+    model: nn.Module, loader: DataLoader, task: str | TaskSpec, device: torch.device,
+    amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:
-    """Task metrics (and mean loss) on a labelled loader."""
+    """Task metrics (and mean loss) on a labelled loader: the predicted class or candidate, or the score."""
+    regression = getattr(task, "kind", None) == "regression"
     model.eval()
     preds, labels, losses = [], [], []
     for batch in loader:
@@ -152,7 +205,8 @@ def evaluate(
         with _autocast(device, amp_dtype):
             out = model(**batch)
         losses.append(out.loss.float().item() * batch["labels"].shape[0])
-        preds.append(out.logits.float().argmax(-1).cpu().numpy())
+        logits = out.logits.float()
+        preds.append((logits.squeeze(-1) if regression else logits.argmax(-1)).cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
     p, y = np.concatenate(preds), np.concatenate(labels)
     return {**compute_metrics(task, p, y), "loss": float(np.sum(losses) / max(len(y), 1)), "num_examples": len(y)}

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from datasets import Dataset
 
 from fedtt_flwr import data
 from fedtt_flwr.data import TASKS, compute_metrics, load_split, load_task, resolve_data_source, write_split
@@ -67,8 +66,8 @@ def test_bad_task_split_label_and_missing_file_are_clear(tmp_path):
     _write(tmp_path / "glue/SST-2", "dev.tsv", "sentence\tlabel\nx\t1\ny\t7\nz\t9\n")
     with pytest.raises(FileNotFoundError, match="task sst2: no train file at .*train.tsv \\(data-dir "):
         load_split("sst2", "train", tmp_path)
-    with pytest.raises(ValueError, match=r"dev.tsv line 3: unexpected label '7' for task sst2 \(expected one of "
-                       r"\['0', '1'\]; unexpected values in the file: \['7', '9'\]\)"):
+    with pytest.raises(ValueError, match=r"dev.tsv line 3, column 'label': unknown label '7' for task sst2 \(labels: "
+                       r"\['0', '1'\]; not among them in this dev split: \['7', '9'\]\)"):
         load_split("sst2", "dev", tmp_path)
 
 
@@ -91,13 +90,13 @@ _CB = json.dumps({"premise": "P", "hypothesis": "H", "label": "neutral"})
 
 @pytest.mark.parametrize("task,name,content,message", [
     ("sst2", "glue/SST-2/dev.tsv", b"sentence\tlabel\ngood\t1\nno tab here\n",
-     r"line 3: expected at least 2 tab-separated fields \(sentence, label\), got 1$"),
-    ("sst2", "glue/SST-2/dev.tsv", b"sentence\tlabel\ngood\t1\n\nbad\t0\n",
-     r"line 3: expected at least 2 tab-separated fields \(sentence, label\), got 0$"),
+     r"line 3: expected 2 tab-separated fields \(sentence, label\), got 1$"),
+    ("sst2", "glue/SST-2/dev.tsv", b"sentence\tlabel\ngood\t1\n \t0\nbad\t0\n",
+     r"line 3, column 'sentence': empty text$"),
     ("mrpc", "glue/MRPC/dev.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA\n".encode(),
-     r"line 2: expected at least 5 tab-separated fields \(Quality, #1 ID, #2 ID, #1 String, #2 String\), got 4$"),
+     r"line 2: expected 5 tab-separated fields \(Quality, #1 ID, #2 ID, #1 String, #2 String\), got 4$"),
     ("cola", "glue/CoLA/dev.tsv", b"src\t1\t\tGood.\nsrc\t0\n",  # no header: the second row is line 2
-     r"line 2: expected at least 4 tab-separated fields \(source, label, original_label, sentence\), got 2$"),
+     r"line 2: expected 4 tab-separated fields \(source, label, original_label, sentence\), got 2$"),
     ("sst2", "glue/SST-2/dev.tsv", "sentence\tlabel\ngood\t1\ncaf\u00e9 \xff\t0\n".encode("latin-1"),
      r"line 3, column 4 \(byte 0xe9\): not valid UTF-8$"),
     ("sst2", "glue/SST-2/dev.tsv", "sentence\tlabel\nr\u00e9sum\u00e9 ".encode() + b"\xff\t0\n",
@@ -107,20 +106,20 @@ _CB = json.dumps({"premise": "P", "hypothesis": "H", "label": "neutral"})
     ("cb", "superglue/CB/val.jsonl", f"{_CB}\n\n{_CB[:-1]}\n".encode(),
      r"line 3: invalid JSON \(Expecting ',' delimiter at column 55\)$"),
     ("cb", "superglue/CB/val.jsonl", f'{_CB}\n\n\n{{"premise": "P", "label": "neutral"}}\n'.encode(),
-     r"line 4: no field 'hypothesis'$"),  # blank lines are skipped but still counted
+     r"line 4: no column 'hypothesis' \(the record has premise, label\)$"),  # blank lines skipped, still counted
     ("cb", "superglue/CB/val.jsonl", f"{_CB}\n[1, 2]\n".encode(), r"line 2: expected a JSON object, got list$"),
     ("cb", "superglue/CB/val.jsonl", b'{"premise": 3, "hypothesis": "H", "label": "neutral"}\n',
-     r"line 1: field 'premise' is int, expected a string$"),
+     r"line 1, column 'premise': expected text, got int 3$"),
     ("cb", "superglue/CB/val.jsonl", f"{_CB}\n{_CB}\n".encode().replace(b"neutral", b"neutr\xe1l"),
      r"line 1, column 52 \(byte 0xe1\): not valid UTF-8$"),
     ("boolq", "superglue/BoolQ/val.jsonl", b'{"passage": "P", "question": "q", "label": true}\n'
      b'{"passage": "P", "question": "q", "label": null}\n',
-     r"line 2: unexpected label 'None' for task boolq"),
+     r"line 2, column 'label': expected a label, got None$"),
     ("sst2", "glue/SST-2/dev.tsv", b"sentence\tlabel\r\ngood\t1\r\nbad\r\n",
-     r"line 3: expected at least 2 tab-separated fields \(sentence, label\), got 1$"),
+     r"line 3: expected 2 tab-separated fields \(sentence, label\), got 1$"),
     ("sst2", "glue/SST-2/dev.tsv", b"sentence\tlabel\r\ngood\t1\r\n\xff\t0\r\n",
      r"line 3, column 1 \(byte 0xff\): not valid UTF-8$"),
-], ids=["tsv-short-row", "tsv-blank-line", "tsv-bom-short-row", "tsv-no-header", "utf8-latin1",
+], ids=["tsv-short-row", "tsv-empty-text", "tsv-bom-short-row", "tsv-no-header", "utf8-latin1",
         "utf8-columns-are-characters", "utf8-after-bom", "jsonl-bad-json", "jsonl-missing-field", "jsonl-not-object",
         "jsonl-text-not-string", "jsonl-utf8", "jsonl-bad-label", "tsv-crlf-short-row", "utf8-crlf"])
 def test_malformed_files_name_file_line_and_column(tmp_path, task, name, content, message):
@@ -303,19 +302,40 @@ def test_download_without_a_source_says_so(no_sources, capsys):
     assert not (no_sources / "out").exists()
 
 
-_TEXTS = ['it\'s "quoted"', "caf\u00e9 \u2028 line-separator \x0b \x1c", "", " spaces  "]
+_TEXTS = ['it\'s "quoted"', "caf\u00e9 \u2028 line-separator \x0b \x1c", " spaces  ", "x"]
+
+
+def _raw_records(spec) -> list[dict]:
+    """Rows of a preset in its own files' terms: its columns, labels as the files write them."""
+    rows = []
+    for i, text in enumerate(_TEXTS):
+        row = {c: text for c in spec.text}
+        row.update({c: f"{text} {j}" for j, c in enumerate(spec.choices)})
+        if spec.render == "copa":
+            row[spec.text[1]] = ("cause", "effect")[i % 2]
+        if spec.kind == "regression":
+            row[spec.label] = str(i * 1.25)
+        elif spec.kind == "multiple-choice":
+            row[spec.label] = i % len(spec.choices)
+        else:
+            row[spec.label] = spec.labels[i % len(spec.labels)]
+        rows.append(row)
+    return rows
 
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_write_split_round_trips_through_load_split(tmp_path, task):
     spec = TASKS[task]
-    single = isinstance(spec.file_format, data.TsvFormat) and spec.file_format.text_b is None
-    dataset = Dataset.from_dict({"text_a": _TEXTS, "text_b": [""] * 4 if single else _TEXTS[::-1],
-                                 "label": [i % len(spec.labels) for i in range(4)]})
-    for split in spec.files:
-        path = write_split(task, split, dataset, tmp_path)
-        assert path == tmp_path / spec.folder / spec.files[split]
-        assert load_split(task, split, tmp_path)[:] == dataset[:]
+    records = _raw_records(spec)
+    for split in spec.splits:
+        path = write_split(task, split, records, tmp_path)
+        assert path == tmp_path / spec.folder / spec.file(split)
+        loaded = load_split(task, split, tmp_path)
+        expected = [i * 1.25 for i in range(4)] if spec.kind == "regression" else [
+            i % len(spec.choices) if spec.choices else i % len(spec.labels) for i in range(4)]
+        assert loaded["label"] == expected
+        if not spec.render:
+            assert loaded["text_a"] == _TEXTS
     assert not list(tmp_path.rglob("*.part"))
     if task == "boolq":  # SuperGLUE's own format: labels are JSON booleans
         assert json.loads(path.read_text().split("\n")[1])["label"] is True
@@ -323,10 +343,9 @@ def test_write_split_round_trips_through_load_split(tmp_path, task):
 
 def test_write_split_refuses_what_the_format_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match=r"row 1 has a tab or line break in its text"):
-        write_split("sst2", "dev", Dataset.from_dict({"text_a": ["a", "b\tc"], "text_b": ["", ""],
-                                                      "label": [0, 1]}), tmp_path)
-    with pytest.raises(ValueError, match=r"task cb dev: row 0 has label id -1, outside 0..2"):
-        write_split("cb", "dev", Dataset.from_dict({"text_a": ["a"], "text_b": ["b"], "label": [-1]}), tmp_path)
+        write_split("sst2", "dev", [{"sentence": "a", "label": "0"}, {"sentence": "b\tc", "label": "1"}], tmp_path)
+    with pytest.raises(ValueError, match=r"task cb dev: row 0 has label 'maybe', not one of"):
+        write_split("cb", "dev", [{"premise": "a", "hypothesis": "b", "label": "maybe"}], tmp_path)
     assert not (tmp_path / "glue/SST-2/dev.tsv").exists()
 
 

@@ -68,7 +68,7 @@ def test_unknown_model_offline_is_a_clear_error():
     with pytest.raises(OSError, match="could not load model 'no-such/model-xyz'"):
         load_model("no-such/model-xyz")
     with pytest.raises(ValueError, match="task_kind"):
-        load_model("minilm", "regression")
+        load_model("minilm", "summarization")
     with pytest.raises(ValueError, match="dtype"):
         load_model("minilm", dtype="float8")
 

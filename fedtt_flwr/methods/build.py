@@ -16,9 +16,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..config import RunConfig, TTAdapterConfig
-from ..data import get_task
 from ..models import load_model, model_config, set_mean_pooling, trained_pooling
-from ..prompts import CandidateScorer, choice_ids, get_prompt, is_decoder_only
+from ..prompts import PROMPTS, CandidateScorer, ChoiceScorer, choice_ids, get_prompt, is_decoder_only
+from ..tasks import task_of
 from .registry import Method, get_method
 
 
@@ -28,11 +28,22 @@ def _model_type(model: str) -> str:
 
 
 def prompt_task(cfg: RunConfig) -> str | None:
-    """The task name when the run scores prompt answers with a causal LM (``task-format``; ``auto``:
-    decoder-only architectures), else None (a classification head)."""
-    if cfg.task_format == "auto":
-        return cfg.task if is_decoder_only(_model_type(cfg.model)) else None
-    return cfg.task if cfg.task_format == "prompt" else None
+    """The task name when the run scores answers with a causal LM (``task-format``; ``auto``: decoder-only
+    architectures, for multiple choice and for the presets with a prompt template), else None (a head: a
+    classifier, a regression output, or an encoder's multiple-choice scorer)."""
+    if cfg.task_format == "classifier" or (cfg.task_format == "auto" and not is_decoder_only(_model_type(cfg.model))):
+        return None
+    spec = task_of(cfg)
+    if spec.kind == "regression":
+        if cfg.task_format == "prompt":
+            raise ValueError(f"task {spec.name} is a regression: its score comes from a head, not a prompt (use "
+                             "task-format = 'auto' or 'classifier')")
+        return None
+    if spec.kind == "classification" and cfg.task not in PROMPTS:
+        if cfg.task_format == "prompt":
+            get_prompt(cfg.task)  # the error that names the templates there are
+        return None  # auto: a decoder classifies your own task with a head (LlamaForSequenceClassification)
+    return cfg.task
 
 
 def head_pooling(cfg: RunConfig) -> Literal["cls", "mean"]:
@@ -82,7 +93,7 @@ def resolve(cfg: RunConfig) -> Resolved:
         method=method, prompt_task=task, pooling="prompt" if task else head_pooling(cfg),
         adapter_init=cfg.adapter_init if cfg.adapter_init != "auto" else ("near-identity" if tt_head else "loretta"),
         train_layernorm=cfg.train_layernorm if cfg.train_layernorm != "auto" else ("weight" if tt_head else False),
-        logit_adjust=cfg.logit_tau(),
+        logit_adjust=cfg.logit_tau() if task_of(cfg).kind == "classification" else 0.0,
         fraction_evaluate=cfg.fraction_evaluate or (1.0 if method.personal else 0.0))
 
 
@@ -93,18 +104,26 @@ def build_model(cfg: RunConfig, resolved: Resolved | None = None) -> tuple[nn.Mo
     the caller has it already (it reads the model's config files)."""
     torch.manual_seed(cfg.seed)
     resolved = resolved or resolve(cfg)
-    labels = len(get_task(cfg.task).labels)
+    spec = task_of(cfg)
+    labels = spec.num_outputs
     if resolved.prompt_task is not None:
         if cfg.pooling == "mean":
             raise ValueError(f"pooling = 'mean' is for a classification head; {cfg.model} scores prompt answers "
                              f"with its LM head (task-format = '{cfg.task_format}'): use pooling = 'auto', or "
                              f"task-format = 'classifier' for a head")
-        prompt = get_prompt(cfg.task)  # a task without a template stops here, before the model loads
+        prompt = None if spec.kind == "multiple-choice" else get_prompt(cfg.task)  # no template: stop before loading
         hf, tokenizer = load_model(cfg.model, "causal-lm", dtype=cfg.dtype)
-        model = CandidateScorer(hf, choice_ids(tokenizer, prompt))
-        model.fedtt_source = {**hf.fedtt_source, "prompt_task": cfg.task, "num_labels": labels}
+        if prompt is None:
+            model = ChoiceScorer(hf, len(spec.choices))
+        else:
+            model = CandidateScorer(hf, choice_ids(tokenizer, prompt))
+        model.fedtt_source = {**hf.fedtt_source, "prompt_task": cfg.task, "num_labels": labels,
+                              "num_choices": len(spec.choices)}
     else:
-        hf, tokenizer = load_model(cfg.model, "classification", num_labels=labels, dtype=cfg.dtype)
+        if spec.kind == "multiple-choice" and is_decoder_only(_model_type(cfg.model)):
+            raise ValueError(f"multiple choice on the decoder {cfg.model} scores each candidate with its LM head: use "
+                             "task-format = 'auto' or 'prompt'")
+        hf, tokenizer = load_model(cfg.model, spec.kind, num_labels=labels, dtype=cfg.dtype)
         if resolved.pooling == "mean":
             set_mean_pooling(hf)
         model = hf
