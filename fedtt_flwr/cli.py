@@ -194,7 +194,8 @@ def _deploy(args: argparse.Namespace) -> int:
             home = Path(args.state)
         else:
             cmd = deploy.supernode_command(args.superlink, args.ca, args.key,
-                                           deploy.node_config(args.data_dir, args.partition_id, args.num_partitions),
+                                           deploy.node_config(args.data_dir, args.partition_id, args.num_partitions,
+                                                              args.train_file, args.dev_file),
                                            args.port, exe=deploy.flower_bin("flower-supernode"))
             home = Path(args.flwr_home)
         print(shlex.join(cmd), flush=True)
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--no-auth", action="store_true", help="TLS only: let any SuperNode in (not recommended)")
     sn = dsub.add_parser("supernode", help="start a SuperNode with its own data")
     sn.add_argument("--data-dir", help="this node's task folder (GLUE layout); never leaves the machine")
+    sn.add_argument("--train-file", help="task = custom: this node's own training file (CSV, JSONL, ...)")
+    sn.add_argument("--dev-file", help="task = custom: this node's own evaluation file")
     sn.add_argument("--partition-id", type=int, help="train on this partition of --data-dir (shared folders)")
     sn.add_argument("--num-partitions", type=int)
     sn.add_argument("--key", required=True, help="this node's private key (`deploy node-key`)")

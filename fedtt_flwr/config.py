@@ -296,7 +296,7 @@ class RunConfig(BaseModel):
 #: client's cached model until it is listed here, never the other way round)
 TRAINING_KEYS = frozenset({
     "data_dir", "task_name", "train_file", "dev_file", "data_format", "hub_dataset", "hub_config", "hub_train_split",
-    "hub_dev_split", "text_columns", "label_column", "choice_columns", "metrics", "partition_column", "bad_rows",
+    "hub_dev_split", "text_columns", "label_column", "metrics", "partition_column", "bad_rows",
     "schedule", "schedule_middle", "sync", "tt_average", "pack_arrays", "num_server_rounds",
     "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "allow_node_errors", "max_examples",
     "round_timeout",

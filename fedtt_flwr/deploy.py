@@ -153,11 +153,15 @@ def superlink_command(cert_dir: str | os.PathLike, state_dir: str | os.PathLike,
 
 
 def node_config(data_dir: str | None = None, partition_id: int | None = None,
-                num_partitions: int | None = None) -> str:
-    """The ``--node-config`` string of a SuperNode: its own data folder, or a partition of a shared one."""
+                num_partitions: int | None = None, train_file: str | None = None, dev_file: str | None = None) -> str:
+    """The ``--node-config`` string of a SuperNode: its own data folder or files (a custom task), or a partition
+    of a shared folder."""
     items = []
     if data_dir:
         items.append(f'data-dir="{Path(data_dir).expanduser().resolve()}"')
+    for key, value in (("train-file", train_file), ("dev-file", dev_file)):
+        if value:
+            items.append(f'{key}="{Path(value).expanduser().resolve()}"')
     if partition_id is not None:
         items.append(f"partition-id={int(partition_id)}")
     if num_partitions is not None:

@@ -170,14 +170,18 @@ def load_model(
     cls = _auto_class(task_kind)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model, info = cls.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True, **kwargs)
+        # a checkpoint that has a head of another width (a fine-tuned classifier) gets a new one
+        mismatched = {"ignore_mismatched_sizes": True} if task_kind != "causal-lm" else {}
+        model, info = cls.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True, **kwargs,
+                                          **mismatched)
     except OSError as exc:
         raise OSError(_cannot_load(name_or_path, path, exc)) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.fedtt_new_params = tuple(info.get("missing_keys", ()))
+    model.fedtt_new_params = (*info.get("missing_keys", ()), *(k[0] if isinstance(k, tuple) else k
+                                                               for k in info.get("mismatched_keys", ())))
     model.fedtt_source = {"model": name_or_path, "task_kind": task_kind, "num_labels": num_labels}
     if device is not None:
         model.to(device)

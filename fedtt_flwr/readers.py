@@ -26,7 +26,8 @@ csv.field_size_limit(1 << 26)  # long passages (BoolQ, MultiRC) exceed the defau
 
 class RowError(ValueError):
     """One row is bad (a value, a field count, a line of JSON): with ``bad-rows = skip`` it is skipped and
-    counted; anything else about a file stops the load."""
+    counted; anything else about a file stops the load. Readers yield it in the row's place (a generator that
+    raised could not go on to the next row)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Records:
 
     path: Path
     columns: list[str] | None
-    rows: Iterator[tuple[str, dict]]
+    rows: Iterator[tuple[str, dict | RowError]]
     blank: list[int]  # blank lines skipped (line formats), filled as ``rows`` is consumed
 
 
@@ -120,7 +121,7 @@ def _delimited(path: Path, kind: FileKind, fmt: FileFormat, blank: list[int]) ->
     else:
         columns = list(fmt.columns)
 
-    def rows() -> Iterator[tuple[str, dict]]:
+    def rows() -> Iterator[tuple[str, dict | RowError]]:
         last = reader.line_num
         while True:
             try:
@@ -134,15 +135,16 @@ def _delimited(path: Path, kind: FileKind, fmt: FileFormat, blank: list[int]) ->
                 blank.append(line)
                 continue
             if len(row) != len(columns):
-                raise RowError(f"{path} line {line}: expected {len(columns)} "
-                               f"{'tab' if kind == 'tsv' else 'comma'}-separated fields ({', '.join(columns)}), "
-                               f"got {len(row)}")
+                yield f"line {line}", RowError(
+                    f"{path} line {line}: expected {len(columns)} {'tab' if kind == 'tsv' else 'comma'}-separated "
+                    f"fields ({', '.join(columns)}), got {len(row)}")
+                continue
             yield f"line {line}", dict(zip(columns, row, strict=True))
 
     return Records(path, columns, rows(), blank)
 
 
-def _jsonl(path: Path, blank: list[int]) -> Iterator[tuple[str, dict]]:
+def _jsonl(path: Path, blank: list[int]) -> Iterator[tuple[str, dict | RowError]]:
     for n, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
         if not line.strip():
             blank.append(n)
@@ -150,13 +152,14 @@ def _jsonl(path: Path, blank: list[int]) -> Iterator[tuple[str, dict]]:
         try:
             record = json.loads(line.rstrip("\n"))
         except json.JSONDecodeError as e:
-            raise RowError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield f"line {n}", RowError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno})")
+            continue
         if not isinstance(record, dict):
-            raise RowError(f"{path} line {n}: expected a JSON object, got {type(record).__name__}")
+            record = RowError(f"{path} line {n}: expected a JSON object, got {type(record).__name__}")
         yield f"line {n}", record
 
 
-def _json(path: Path) -> Iterator[tuple[str, dict]]:
+def _json(path: Path) -> Iterator[tuple[str, dict | RowError]]:
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
@@ -168,7 +171,7 @@ def _json(path: Path) -> Iterator[tuple[str, dict]]:
                          f"got {type(data).__name__}")
     for n, record in enumerate(data, 1):
         if not isinstance(record, dict):
-            raise RowError(f"{path} record {n}: expected a JSON object, got {type(record).__name__}")
+            record = RowError(f"{path} record {n}: expected a JSON object, got {type(record).__name__}")
         yield f"record {n}", record
 
 

@@ -211,13 +211,11 @@ class Examples:
             missing = [c for c in spec.columns if c not in records.columns]
             if missing:
                 raise ValueError(f"{records.path}: no column '{missing[0]}' (columns: {', '.join(records.columns)})")
-        rows = iter(records.rows)
-        while True:
+        for where, record in records.rows:
             try:
-                where, record = next(rows)
+                if isinstance(record, RowError):
+                    raise record
                 self.add(spec, str(records.path), where, record)
-            except StopIteration:
-                break
             except RowError as e:
                 if spec.bad_rows != "skip":
                     raise ValueError(str(e)) from None

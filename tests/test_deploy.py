@@ -4,7 +4,6 @@ SuperNode authentication, 2 SuperNodes with their own data, 1 round of FedTT on 
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import subprocess
 
@@ -86,29 +85,38 @@ def test_node_config_selects_a_nodes_own_folder_or_a_partition(tmp_path):
         node_config()
 
 
-def _two_node_folders(tmp_path, tiny_sst2_dir):
-    """Node 0 has its own folder (half of the rows, and only a train file, as the guide describes a node's own
-    data); node 1 trains on partition 1 of 2 of a shared folder."""
-    own = tmp_path / "node0-data"
-    shutil.copytree(tiny_sst2_dir, own)
-    rows = (own / "glue" / "SST-2" / "train.tsv").read_text().splitlines(keepends=True)
-    (own / "glue" / "SST-2" / "train.tsv").write_text("".join(rows[:121]))
-    (own / "glue" / "SST-2" / "dev.tsv").unlink()  # a node that only trains needs no dev file
-    return [node_config(own), node_config(tiny_sst2_dir, 1, 2)]
+def _two_node_csvs(tmp_path, tiny_sst2_dir):
+    """Each node its own CSV files of a custom task (text,label with string labels), a train and a dev file.
+    (docs/deployment.md's test covers a node's own GLUE folder and a partition of a shared one.)"""
+    rows = (tiny_sst2_dir / "glue" / "SST-2" / "train.tsv").read_text().splitlines()[1:]
+    names = {"0": "negative", "1": "positive"}
+    configs = []
+    for i, (part, dev) in enumerate(((rows[:100], rows[200:220]), (rows[100:200], rows[220:]))):
+        folder = tmp_path / f"site-{i}"
+        folder.mkdir()
+        files = {}
+        for split, lines in (("train", part), ("dev", dev)):
+            if lines:
+                files[split] = folder / f"{split}.csv"
+                files[split].write_text("text,label\n" + "".join(
+                    f'"{t}",{names[y]}\n' for t, y in (line.split("\t") for line in lines)))
+        configs.append(node_config(train_file=files["train"], dev_file=files["dev"]))
+    return configs
 
 
 def _ps_args() -> str:
     return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
-def test_secure_loopback_federation_runs_fedtt_and_refuses_an_unregistered_node(tmp_path, tiny_model_dir,
-                                                                               tiny_sst2_dir):
+def test_secure_loopback_federation_with_each_node_on_its_own_csv(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """TLS, SuperNode authentication (an unregistered node is refused), 2 SuperNodes each on its own CSV file."""
     work = tmp_path / "deploy"
-    run_config = {"model": str(tiny_model_dir), "task": "sst2", "method": "fedtt", "num-server-rounds": 1,
-                  "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2, "central-eval": False,
-                  "output-dir": str(tmp_path / "runs"), "run-name": "deployed",
+    run_config = {"model": str(tiny_model_dir), "task": "custom", "labels": "negative,positive", "method": "fedtt",
+                  "num-server-rounds": 1, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
+                  "central-eval": False, "fraction-evaluate": 1.0, "output-dir": str(tmp_path / "runs"),
+                  "run-name": "deployed",
                   "dp": "sigma", "dp-noise-multiplier": 1.0}  # local DP: the accountant lives on each SuperNode
-    result = loopback(work, run_config, _two_node_folders(tmp_path, tiny_sst2_dir), stream=False, timeout=600)
+    result = loopback(work, run_config, _two_node_csvs(tmp_path, tiny_sst2_dir), stream=False, timeout=600)
     print(json.dumps(result, indent=2))
     assert result["status"] == "finished:completed", (work / "superlink.log").read_text()[-3000:]
     assert result["unregistered_exit_code"] not in (None, 0), "an unregistered SuperNode must be refused"
@@ -118,6 +126,7 @@ def test_secure_loopback_federation_runs_fedtt_and_refuses_an_unregistered_node(
     assert lines[-1]["round"] == 1 and lines[-1]["replies"] == 2 and lines[-1]["errors"] == 0
     assert lines[-1]["wire_bytes_up"] > lines[-1]["bytes_up"] > 0
     assert lines[-1]["dp_epsilon_max"] > 0
+    assert 0 <= lines[-1]["fed_accuracy"] <= 1  # each node evaluated on its own dev.csv
     assert str(work) not in _ps_args(), "every process the loopback started must be stopped"
 
 

@@ -1,0 +1,343 @@
+"""Your own data and the task kinds: a user's CSV/JSONL/JSON/Parquet files, label inference, regression, multiple
+choice (encoders and decoders), column partitions, and one clear error for each kind of bad data."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fedtt_flwr.config import RunConfig
+from fedtt_flwr.data import PartitionSpec, load_split, load_task, partition, with_labels
+from fedtt_flwr.tasks import PRESETS, compute_metrics, task_of
+
+
+def custom(**keys) -> RunConfig:
+    return RunConfig(task="custom", **keys)
+
+
+def _csv(path, rows, header="text,label"):
+    path.write_text(header + "\n" + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tickets(tmp_path):
+    """A newcomer's support tickets: text,label with string labels, quoted commas and an embedded newline."""
+    train = _csv(tmp_path / "train.csv", ['"refund please, now",billing', "app crashes on start,bug",
+                                          '"charged twice\nfor one order",billing', "button does nothing,bug",
+                                          "how do I export,question"])
+    dev = _csv(tmp_path / "dev.csv", ["wrong invoice,billing", "crash after update,bug"])
+    return train, dev
+
+
+def test_a_csv_with_string_labels_gets_its_labels_from_the_training_split(tickets):
+    train, dev = tickets
+    task = with_labels(task_of(custom(train_file=str(train), dev_file=str(dev))))
+    assert task.labels == ("billing", "bug", "question") and task.metrics == ("accuracy", "f1")
+    tr, dv, note = load_task(task)
+    assert tr["text_a"][2] == "charged twice\nfor one order" and tr["label"] == [0, 1, 0, 1, 2]
+    assert dv["label"] == [0, 1] and note is None
+    # labels given: their order is the ids' order, and a value outside them is an error naming file, line, column
+    fixed = task_of(custom(train_file=str(train), dev_file=str(dev), labels="question,bug"))
+    with pytest.raises(ValueError, match=re.escape(f"{train} line 2, column 'label': unknown label 'billing'")):
+        load_split(fixed, "train")
+
+
+def test_integer_labels_sort_as_numbers_and_a_single_label_is_refused(tmp_path):
+    train = _csv(tmp_path / "t.csv", [f"row {i},{y}" for i, y in enumerate([10, 2, 2, 10, 1])])
+    assert with_labels(task_of(custom(train_file=str(train)))).labels == ("1", "2", "10")
+    one = _csv(tmp_path / "one.csv", ["a,x", "b,x"])
+    with pytest.raises(ValueError, match="only the label"):
+        with_labels(task_of(custom(train_file=str(one))))
+
+
+def test_jsonl_pairs_json_arrays_folders_and_globs(tmp_path):
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "gold": ["yes", "no"][i % 2]} for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = dict(text_columns="premise,hypothesis", label_column="gold", labels="no,yes")
+    ds = load_split(task_of(custom(train_file=str(tmp_path / "pairs.jsonl"), **cfg)), "train")
+    assert ds["text_b"] == ["h0", "h1", "h2", "h3"] and ds["label"] == [1, 0, 1, 0]
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(rows[:2]))
+    (folder / "b.json").write_text(json.dumps({"data": rows[2:]}))
+    (folder / "notes.md").write_text("not data")
+    for spec in (str(folder), str(folder / "*.json")):
+        assert load_split(task_of(custom(train_file=spec, **cfg)), "train")["text_a"] == ["p0", "p1", "p2", "p3"]
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        load_split(task_of(custom(train_file=str(tmp_path / "*.parquet"), **cfg)), "train")
+
+
+def test_a_parquet_regression_file_and_its_metrics(tmp_path):
+    path = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"s1": ["a b", "c d", "e f", "g h"], "s2": ["a c", "x y", "e f", "h g"],
+                             "score": [2.5, 0.0, 5.0, 4]}), path)
+    task = task_of(custom(train_file=str(path), task_kind="regression", text_columns="s1,s2", label_column="score"))
+    ds = load_split(task, "train")
+    assert ds["label"] == [2.5, 0.0, 5.0, 4.0] and task.metrics == ("pearson", "spearman", "mse")
+    m = compute_metrics(task, np.array([2.0, 1.0, 4.0, 5.0]), np.array(ds["label"]))
+    assert m["pearson"] == pytest.approx(np.corrcoef([2, 1, 4, 5], [2.5, 0, 5, 4])[0, 1])
+    assert m["spearman"] == pytest.approx(0.8) and m["mse"] == pytest.approx(np.mean([0.25, 1, 1, 1]))
+    assert compute_metrics(task, np.full(4, 2.0), np.array(ds["label"]))["pearson"] == 0.0  # constant: no NaN
+
+
+def test_copa_and_a_custom_multiple_choice_file(tmp_path):
+    rows = [{"premise": "The man broke his toe.", "choice1": "He dropped a hammer on his foot.",
+             "choice2": "He got a hole in his sock.", "question": "cause", "label": 0},
+            {"premise": "I tipped the bottle.", "choice1": "The liquid in the bottle froze.",
+             "choice2": "The liquid in the bottle poured out.", "question": "effect", "label": 1}]
+    (tmp_path / "superglue/COPA").mkdir(parents=True)
+    (tmp_path / "superglue/COPA/val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_split("copa", "dev", tmp_path)
+    assert ds["text_a"] == ["The man broke his toe because", "I tipped the bottle so"]
+    assert ds["choices"][0] == ["he dropped a hammer on his foot.", "he got a hole in his sock."]
+    assert ds["label"] == [0, 1]
+    mc = _csv(tmp_path / "mc.csv", ["What is red?,a sky,a rose,a leaf,1"], "question,a,b,c,answer")
+    task = task_of(custom(train_file=str(mc), task_kind="multiple-choice", text_columns="question",
+                          choice_columns="a,b,c", label_column="answer"))
+    assert load_split(task, "train")["choices"] == [["a sky", "a rose", "a leaf"]]
+    bad = _csv(tmp_path / "bad.csv", ["What is red?,a sky,a rose,a leaf,3"], "question,a,b,c,answer")
+    with pytest.raises(ValueError, match=re.escape(f"{bad} line 2, column 'answer': expected the index of the right "
+                                                   "choice, 0..2, got '3'")):
+        load_split(task_of(custom(train_file=str(bad), task_kind="multiple-choice", text_columns="question",
+                                  choice_columns="a,b,c", label_column="answer")), "train")
+
+
+# --- bad data: one error naming the file, the row and the column ------------------------------------------------
+
+@pytest.mark.parametrize("name,content,keys,message", [
+    ("t.csv", "text,y\nhello,a\n", {}, r"{path}: no column 'label' \(columns: text, y\)"),
+    ("t.jsonl", '{"text": "a", "label": "x"}\n{"text": "b"}\n', {}, r"{path} line 2: no column 'label'"),
+    ("t.csv", "text,label\nhello,a\n   ,b\n", {}, r"{path} line 3, column 'text': empty text"),
+    ("t.csv", "text,label\nhello,a\nbye,\n", {}, r"{path} line 3, column 'label': expected a label, got ''"),
+    ("t.csv", "text,label\nhello,1.5\nbye,high\n", {"task_kind": "regression"},
+     r"{path} line 3, column 'label': expected a number, got 'high'"),
+    ("t.csv", "text,label\nhello,nan\n", {"task_kind": "regression"},
+     r"{path} line 2, column 'label': expected a finite number, got 'nan'"),
+    ("t.csv", "text,label\nhello,a\nbye,b,extra\n", {}, r"{path} line 3: expected 2 comma-separated fields"),
+    ("t.csv", 'text,label\nhello,a\n"never closed,b\nmore,a\n', {}, r"{path} line 3: unexpected end of data"),
+    ("t.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "lab', {}, r"{path} line 2: invalid JSON"),
+    ("t.jsonl", '{"text": 7, "label": "x"}\n', {}, r"{path} line 1, column 'text': expected text, got int 7"),
+    ("t.json", '[{"text": "a", "label": "x"}, "oops"]', {}, r"{path} record 2: expected a JSON object, got str"),
+    ("t.json", '[{"text": "a",\n "label": }]', {}, r"{path} line 2, column 11: invalid JSON"),
+    ("t.csv", b"text,label\nna\xefve,a\n", {}, r"{path} line 2, column 3 \(byte 0xef\): not valid UTF-8"),
+    ("t.txt", "text,label\n", {}, r"{path}: unknown file type '.txt'"),
+    ("t.parquet", "not parquet", {}, r"{path}: not a readable Parquet file"),
+], ids=["missing-column", "jsonl-missing-field", "empty-text", "empty-label", "score-not-a-number", "score-nan",
+        "extra-field", "unterminated-quote", "truncated-jsonl", "text-not-a-string", "json-not-an-object",
+        "bad-json", "not-utf8", "unknown-extension", "bad-parquet"])
+def test_bad_data_names_the_file_row_and_column(tmp_path, name, content, keys, message):
+    path = tmp_path / name
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    task = task_of(custom(train_file=str(path), labels="a,b,x", **keys))
+    with pytest.raises(ValueError, match="^" + message.format(path=re.escape(str(path)))):
+        load_split(task, "train")
+
+
+def test_a_dev_or_node_label_outside_the_label_set_is_named(tickets, tmp_path):
+    train, _ = tickets
+    dev = _csv(tmp_path / "node-dev.csv", ["fine,billing", "slow page,performance"])
+    task = with_labels(task_of(custom(train_file=str(train), dev_file=str(dev))))
+    with pytest.raises(ValueError, match=re.escape(f"{dev} line 3, column 'label': unknown label 'performance' for "
+                                                   "task custom (labels: ['billing', 'bug', 'question']")):
+        load_task(task)
+
+
+def test_blank_lines_and_skipped_rows_are_counted_never_silent(tmp_path, capsys):
+    path = _csv(tmp_path / "t.csv", ["good,a", "", "   ,b", "fine,b", "bad,row,here", ""])
+    with pytest.raises(ValueError, match="line 4, column 'text': empty text"):
+        load_split(task_of(custom(train_file=str(path), labels="a,b")), "train")
+    ds = load_split(task_of(custom(train_file=str(path), labels="a,b", bad_rows="skip")), "train")
+    assert ds["text_a"] == ["good", "fine"]
+    out = capsys.readouterr().out
+    assert "train: skipped 2 blank line(s)" in out
+    assert f"train: skipped 2 bad row(s) (bad-rows = skip); first: {path} line 4, column 'text': empty text" in out
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+def test_config_keys_for_own_data_are_checked_at_start(tmp_path):
+    with pytest.raises(ValueError, match="train-file describe your own data: set task = 'custom'"):
+        RunConfig(task="sst2", train_file="/x.csv")
+    with pytest.raises(ValueError, match="partition = 'column' needs partition-column"):
+        RunConfig(partition="column")
+    with pytest.raises(ValueError, match="at least 2 choice-columns"):
+        custom(train_file="/x.csv", task_kind="multiple-choice", choice_columns="a")
+    with pytest.raises(ValueError, match=r"metric\(s\) \['pearson'\] do not apply to classification"):
+        custom(train_file="/x.csv", metrics="pearson")
+    with pytest.raises(ValueError, match="text-columns must name 1 column or 2"):
+        custom(train_file="/x.csv", text_columns="a,b,c")
+    with pytest.raises(ValueError, match="unknown task 'sts-b'; presets: cola, sst2"):
+        RunConfig(task="sts-b")
+
+
+def test_deploy_run_needs_the_labels_of_a_custom_classification():
+    from fedtt_flwr.preflight import preflight
+
+    with pytest.raises(ValueError, match="set labels = 'a,b,...'"):
+        preflight(custom(train_file="/on/the/nodes.csv"), on_this_machine=False)
+    preflight(custom(train_file="/on/the/nodes.csv", labels="a,b"), on_this_machine=False)
+    preflight(custom(train_file="/on/the/nodes.csv", task_kind="regression"), on_this_machine=False)
+
+
+def test_the_command_line_fixes_paths_and_labels_for_the_apps(tickets, monkeypatch, capsys):
+    from fedtt_flwr.cli import app_overrides
+
+    train, dev = tickets
+    monkeypatch.chdir(train.parent)
+    overrides = app_overrides(["task=custom", "train-file=train.csv", "dev-file=dev.csv", "model=minilm"], 2)
+    assert overrides["train-file"] == str(train) and overrides["dev-file"] == str(dev)
+    assert overrides["labels"] == "billing,bug,question"
+    assert "labels ['billing', 'bug', 'question'] (from the training split" in capsys.readouterr().out
+
+
+# --- partitions -------------------------------------------------------------------------------------------------
+
+def test_regression_label_skew_is_over_score_bins_and_a_column_gives_natural_clients(tmp_path):
+    rows = [f"text {i},{i % 5 + 0.5 * (i % 2)},{['north', 'south', 'west'][i % 3]}" for i in range(90)]
+    path = _csv(tmp_path / "t.csv", rows, "text,score,region")
+    task = task_of(custom(train_file=str(path), task_kind="regression", label_column="score",
+                          partition_column="region"))
+    ds = load_split(task, "train")
+    parts = [partition(ds, PartitionSpec("dirichlet", 3, alpha=0.3, seed=0), i, task) for i in range(3)]
+    assert sum(len(p) for p in parts) == 90 and all(len(p) for p in parts)
+    means = [np.mean(p["label"]) for p in parts]
+    assert max(means) - min(means) > 0.3  # skewed over the scores
+    by_region = [partition(ds, PartitionSpec("column", 3), i, task) for i in range(3)]
+    assert [sorted(set(p["group"])) for p in by_region] == [["north"], ["south"], ["west"]]
+    with pytest.raises(ValueError, match=r"the partition column has 3 values \(north, south, west\) but the run has "
+                                         "4 clients"):
+        partition(ds, PartitionSpec("column", 4), 0, task)
+
+
+# --- models: regression and multiple choice train and evaluate --------------------------------------------------
+
+def _one_step(model, loader):
+    from fedtt_flwr.train import cycle, make_optimizer, train_steps
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return train_steps(model, cycle(loader), make_optimizer(params, "adamw", 1e-2), 2, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["regression", "multiple-choice"])
+def test_encoder_heads_for_regression_and_multiple_choice(tmp_path, tiny_model_dir, kind):
+    from fedtt_flwr.methods.build import build_model
+    from fedtt_flwr.train import evaluate, make_loader, tokenize
+
+    if kind == "regression":
+        path = _csv(tmp_path / "t.csv", [f"good movie {i},{i % 5}" for i in range(12)])
+        cfg = custom(model=str(tiny_model_dir), train_file=str(path), task_kind="regression")
+    else:
+        path = _csv(tmp_path / "t.csv", [f"the plot,great film,boring actor,{i % 2}" for i in range(12)],
+                    "text,a,b,label")
+        cfg = custom(model=str(tiny_model_dir), train_file=str(path), task_kind="multiple-choice", choice_columns="a,b")
+    model, tokenizer = build_model(cfg)
+    head = model.classifier.out_features
+    assert head == 1  # one score; or one score per candidate, the same head for each
+    data = tokenize(load_split(task_of(cfg), "train"), tokenizer, 16)
+    loader = make_loader(data, tokenizer, 4, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["labels"].dtype == (torch.float32 if kind == "regression" else torch.long)
+    if kind == "multiple-choice":
+        assert batch["input_ids"].shape[:2] == (4, 2)
+    assert np.isfinite(_one_step(model, loader)["train_loss"])
+    metrics = evaluate(model, loader, task_of(cfg), torch.device("cpu"))
+    assert set(metrics) >= ({"pearson", "spearman", "mse"} if kind == "regression" else {"accuracy"})
+
+
+def test_a_decoder_scores_each_examples_own_candidates(tmp_path, tiny_llama_dir):
+    """ChoiceScorer's logits are each candidate's mean token log-probability after the context, as a direct
+    computation with the plain LM gives."""
+    from fedtt_flwr.methods.build import build_model
+    from fedtt_flwr.train import make_loader, tokenize
+
+    path = _csv(tmp_path / "t.csv", ["It was,terrible,great yes,1", "Does this,mean,No Maybe true,0"],
+                "text,a,b,label")
+    cfg = custom(model=str(tiny_llama_dir), train_file=str(path), task_kind="multiple-choice", choice_columns="a,b",
+                 method="lora")
+    model, tokenizer = build_model(cfg)
+    data = tokenize(load_split(task_of(cfg), "train"), tokenizer, 32, prompt_task="custom")
+    batch = next(iter(make_loader(data, tokenizer, 2, shuffle=False, prompt_task="custom")))
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        assert logits.shape == (2, 2)
+        for b in range(2):
+            for c in range(2):
+                ctx, cand = data[b]["input_ids"], data[b]["choice_ids"][c]
+                out = model.lm(input_ids=torch.tensor([ctx + cand])).logits[0].log_softmax(-1)
+                expected = np.mean([out[len(ctx) - 1 + j, t].item() for j, t in enumerate(cand)])
+                assert logits[b, c].item() == pytest.approx(expected, abs=1e-4)
+    assert np.isfinite(_one_step(model, make_loader(data, tokenizer, 2, shuffle=True, prompt_task="custom"))[
+        "train_loss"])
+
+
+def test_every_preset_has_a_layout_and_a_hub_source():
+    for name, spec in PRESETS.items():
+        assert spec.folder and set(spec.splits) == {"train", "dev"} and spec.hub, name
+        assert spec.metrics[0] in {"accuracy", "f1", "mcc", "pearson"}, name
+
+
+# --- through the Flower apps (in-process grid): every kind federates ------------------------------------------
+
+def _words(i: int) -> str:
+    from conftest import WORDS
+
+    return " ".join(WORDS[(i * k) % len(WORDS)] for k in (1, 3, 7))
+
+
+@pytest.mark.parametrize("kind", ["regression", "multiple-choice", "column"])
+def test_each_kind_runs_federated_with_its_metrics(tmp_path, tiny_model_dir, kind):
+    from test_app_inprocess import run_app
+
+    from fedtt_flwr import client as client_module
+
+    client_module._session.cache_clear()
+    keys = {"task": "custom", "central-eval": True, "fraction-evaluate": 1.0}
+    if kind == "regression":
+        path = _csv(tmp_path / "scores.csv", [f"{_words(i)},{_words(i + 1)},{i % 6}" for i in range(60)], "a,b,score")
+        keys.update({"task-kind": "regression", "text-columns": "a,b", "label-column": "score"})
+        metric = "pearson"
+    elif kind == "multiple-choice":
+        path = _csv(tmp_path / "mc.csv", [f"{_words(i)},{_words(i + 1)},{_words(i + 2)},{i % 2}" for i in range(60)],
+                    "text,a,b,label")
+        keys.update({"task-kind": "multiple-choice", "choice-columns": "a,b"})
+        metric = "accuracy"
+    else:  # natural clients: one per region
+        path = _csv(tmp_path / "regions.csv", [f"{_words(i)},{['neg', 'pos'][i % 2]},{['n', 's', 'w'][i % 3]}"
+                                               for i in range(60)], "text,label,region")
+        keys.update({"labels": "neg,pos", "partition": "column", "partition-column": "region"})
+        metric = "accuracy"
+    keys.update({"train-file": str(path), "dev-file": str(path)})
+    _, folder, lines = run_app(tmp_path, tiny_model_dir, tmp_path, **keys)
+    assert [x["round"] for x in lines] == [0, 1, 2]
+    for x in lines[1:]:
+        assert x["replies"] == 3 and x["errors"] == 0 and np.isfinite(x[metric]) and np.isfinite(x[f"fed_{metric}"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert not summary["problems"] and metric in summary["final"]
+
+
+@pytest.mark.parametrize("kind", ["regression", "multiple-choice"])
+def test_every_method_builds_and_trains_every_kind(tmp_path, tiny_model_dir, tiny_llama_dir, kind):
+    from fedtt_flwr.methods.build import build_model, prompt_task
+    from fedtt_flwr.methods.registry import method_names
+    from fedtt_flwr.train import make_loader, tokenize
+
+    rows = [f"{_words(i)},{_words(i + 1)},{_words(i + 2)},{i % 2}" for i in range(8)]
+    path = _csv(tmp_path / "t.csv", rows, "text,a,b,label")
+    keys = ({"task_kind": "regression", "text_columns": "a,b"} if kind == "regression"
+            else {"task_kind": "multiple-choice", "choice_columns": "a,b"})
+    for model_dir in (tiny_model_dir, tiny_llama_dir):  # an encoder and a decoder
+        for method in method_names():
+            cfg = custom(model=str(model_dir), train_file=str(path), method=method, **keys)
+            model, tokenizer = build_model(cfg)
+            data = tokenize(load_split(task_of(cfg), "train"), tokenizer, 24, prompt_task(cfg))
+            loader = make_loader(data, tokenizer, 4, shuffle=False, prompt_task=prompt_task(cfg))
+            assert np.isfinite(_one_step(model, loader)["train_loss"]), (model_dir.name, method)
+            assert any(p.requires_grad for p in model.parameters())
