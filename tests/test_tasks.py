@@ -341,3 +341,70 @@ def test_every_method_builds_and_trains_every_kind(tmp_path, tiny_model_dir, tin
             loader = make_loader(data, tokenizer, 4, shuffle=False, prompt_task=prompt_task(cfg))
             assert np.isfinite(_one_step(model, loader)["train_loss"]), (model_dir.name, method)
             assert any(p.requires_grad for p in model.parameters())
+
+
+# --- presets read their ORIGINAL distribution files (a few rows written here in that format) ---------------------
+
+_MNLI_PARSES = "( ( The cat ) sat )\t( A ( cat sat ) )\t(ROOT (S (NP (DT The) (NN cat)) (VP (VBD sat))))\t(ROOT (S))"
+_ORIGINAL = {
+    "stsb": ("glue/STS-B/dev.tsv",
+             "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+             "0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man with a hard hat is dancing.\t"
+             "A man wearing a hard hat is dancing.\t5.000\n"
+             "1\tmain-news\theadlines\t2013\t0001\tnone\tnone\tA young child is riding a horse.\t"
+             "A child is riding a horse.\t4.750\n"),
+    "qqp": ("glue/QQP/dev.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+            "201359\t303345\t303346\tWhy are African-Americans so beautiful?\tWhy are hispanics so beautiful?\t0\n"
+            "263843\t69383\t380476\tI want to pursue PhD in Computer Science?\n"  # a row with missing fields
+            "172974\t266948\t175089\tIs there a reason why we should travel alone?\tWhat are some reasons to travel "
+            "alone?\t1\n"),
+    "mnli": ("glue/MNLI/dev_matched.tsv", "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
+             "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\t"
+             "label4\tlabel5\tgold_label\n"
+             f"0\t63735\t63735n\tslate\t{_MNLI_PARSES}\tThe new rights are nice enough\t"
+             "Everyone really likes the newest benefits \tneutral\tentailment\tneutral\tneutral\tneutral\tneutral\n"
+             f"1\t91383\t91383c\tgovernment\t{_MNLI_PARSES}\tThis site includes a list of all award winners.\tThe "
+             "Government Executive articles housed on the website are not able to be searched.\tcontradiction\t"
+             "contradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\n"),
+    "mnli-mm": ("glue/MNLI/dev_mismatched.tsv", "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
+                "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\t"
+                "label3\tlabel4\tlabel5\tgold_label\n"
+                f"0\t75290\t75290c\tletters\t{_MNLI_PARSES}\tYour contribution helped make it possible.\tYour "
+                "contributions were of no help.\tcontradiction\tcontradiction\tcontradiction\tcontradiction\t"
+                "contradiction\tcontradiction\n"),
+    "mnli-train": ("glue/MNLI/train.tsv", "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
+                   "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+                   f"0\t31193\t31193n\tgovernment\t{_MNLI_PARSES}\tConceptually cream skimming has two basic "
+                   "dimensions.\tProduct and geography are what make cream skimming work. \tneutral\tneutral\n"),
+    "wnli": ("glue/WNLI/dev.tsv", "index\tsentence1\tsentence2\tlabel\n"
+             "0\tThe drain is clogged with hair. It has to be cleaned.\tThe hair has to be cleaned.\t0\n"),
+    "wic": ("superglue/WiC/val.jsonl", json.dumps(
+        {"word": "board", "sentence1": "Room and board.", "sentence2": "He nailed boards across the windows.",
+         "idx": 0, "label": False, "start1": 9, "start2": 10, "end1": 14, "end2": 16, "version": 1.1}) + "\n"),
+    "boolq": ("superglue/BoolQ/val.jsonl", json.dumps(
+        {"question": "does ethanol take more energy make that produces", "passage": "Ethanol fuel -- All biomass "
+         "goes through at least some of these steps.", "idx": 0, "label": False}) + "\n"),
+}
+
+
+@pytest.mark.parametrize("task,expected", [
+    ("stsb", (["A man with a hard hat is dancing.", "A young child is riding a horse."], [5.0, 4.75])),
+    ("qqp", (["Why are African-Americans so beautiful?", "Is there a reason why we should travel alone?"], [0, 1])),
+    ("mnli", (["The new rights are nice enough", "This site includes a list of all award winners."], [1, 2])),
+    ("mnli-mm", (["Your contribution helped make it possible."], [2])),
+    ("wnli", (["The drain is clogged with hair. It has to be cleaned."], [0])),
+    ("wic", (["board: Room and board."], [0])),
+    ("boolq", (["Ethanol fuel -- All biomass goes through at least some of these steps."], [0])),
+])
+def test_presets_read_their_original_files(tmp_path, capsys, task, expected):
+    for key in (task, "mnli-train"):
+        if key in _ORIGINAL and (key == task or task.startswith("mnli")):
+            path, text = _ORIGINAL[key]
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(text, encoding="utf-8")
+    ds = load_split(task, "dev", tmp_path)
+    assert (ds["text_a"], ds["label"]) == expected
+    if task == "qqp":  # the GLUE release's rows with missing fields: skipped and counted, as documented
+        assert "skipped 1 bad row(s)" in capsys.readouterr().out
+    if task.startswith("mnli"):  # one train file for both; the dev files differ
+        assert load_split(task, "train", tmp_path)["label"] == [1]
