@@ -15,7 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 from .adapters import count_parameters
 from .checkpoint import save_adapter
 from .config import RunConfig
-from .data import load_split, with_labels
+from .data import load_task, with_labels
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
@@ -58,9 +58,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
     task = with_labels(task_of(cfg), cfg.data_dir or None)
     if task.labels is not None and not cfg.labels and cfg.task == CUSTOM:
         cfg = cfg.model_copy(update={"labels": ",".join(task.labels)})  # the model's head needs its width
-    train = load_split(task, "train", cfg.data_dir or None).shuffle(seed=cfg.seed)
-    train = train.select(range(min(cfg.train_size, len(train))))
-    dev = load_split(task, "dev", cfg.data_dir or None)
+    train, dev, note = load_task(task, cfg.data_dir or None)  # QNLI, BoolQ here: dev carved 80/20
+    if note:
+        print(f"[fedtt] {note}", flush=True)
+    train = train.shuffle(seed=cfg.seed).select(range(min(cfg.train_size, len(train))))
     model, tokenizer = build_model(cfg)
     model.to(device)
     prompts = prompt_task(cfg)

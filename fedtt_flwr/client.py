@@ -28,6 +28,7 @@ from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
 from .privacy import check_budget, dp_train_steps, settings_for
+from .readers import expand
 from .tasks import TaskSpec, task_of
 from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize, train_steps
 from .train import evaluate as evaluate_model
@@ -125,8 +126,10 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
         run_config["data-dir"] = str(nc["data-dir"])
     own = [key for key in NODE_FILE_KEYS if key in nc]
     for key in own:  # a node's own files of a custom task (its CSV, ...): they replace the run config's
-        if not any(Path(str(nc[key])).expanduser().parent.glob(Path(str(nc[key])).name)):
-            raise ValueError(f"node config '{key}': {nc[key]!r} does not exist on this node")
+        try:
+            expand(str(nc[key]))
+        except FileNotFoundError as e:
+            raise ValueError(f"node config '{key}': {e} on this node") from None
         run_config[key] = str(nc[key])
     cfg = RunConfig.from_flower(run_config)
     if "partition-id" not in nc:

@@ -104,8 +104,9 @@ class RunConfig(BaseModel):
                                         "the sorted values of the training file, fixed at start)")
     metrics: str = Field("", description="comma-separated (empty: the kind's default)")
     partition_column: str = Field("", description="partition = 'column': one client per value of this column")
-    bad_rows: Literal["error", "skip"] = Field("error", description="a bad row stops the run with its file, row and "
-                                                                    "column (error), or is skipped and counted (skip)")
+    bad_rows: Literal["auto", "error", "skip"] = Field(
+        "auto", description="a bad row stops the run with its file, row and column (error), or is skipped and counted "
+                            "(skip); auto: error, but skip for QQP (its GLUE release has rows with missing fields)")
     method: str = Field("fedtt", description="a registered method (fedtt_flwr.methods): fedtt, fedtt+, adapter, "
                                              "lora, ffa-lora, rolora, ...")
     rank: int = Field(5, ge=1)
@@ -214,7 +215,8 @@ class RunConfig(BaseModel):
         if self.task != CUSTOM:
             given = [k.replace("_", "-") for k in custom if getattr(self, k) != type(self).model_fields[k].default]
             if given:
-                raise ValueError(f"{', '.join(given)} describe your own data: set task = 'custom' (task "
+                raise ValueError(f"{', '.join(given)} {'describe' if len(given) > 1 else 'describes'} your own data: "
+                                 f"set task = 'custom' (task "
                                  f"{self.task!r} is a preset with its own files and columns)")
         if self.partition == "column" and not self.partition_column:
             raise ValueError("partition = 'column' needs partition-column (the column whose values are the clients)")
@@ -319,6 +321,9 @@ def format_validation_error(exc, what: str) -> str:
     given: dict[str, object] = {}
     for e in exc.errors():
         key = str(e["loc"][0]) if e["loc"] else what
+        if not e["loc"]:  # a check across keys: its input is the whole config, which says nothing
+            problems.setdefault(key, []).append(e["msg"].removeprefix("Value error, "))
+            continue
         if e["type"] == "extra_forbidden":
             problems.setdefault(key, []).append("unknown key")
             continue

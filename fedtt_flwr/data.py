@@ -110,7 +110,7 @@ def _hub_cached(task: TaskSpec) -> bool:
     """Whether ``load_dataset`` would find the task in the cache offline (its layout:
     ``<namespace>___<name>/<config>/<version>/<hash>/dataset_info.json``); a glob, so no import or network."""
     name, config = task.hub
-    return any((_datasets_cache() / name.replace("/", "___") / (config or "default")).glob("*/*/dataset_info.json"))
+    return any((_datasets_cache() / name.replace("/", "___")).glob(f"{config or '*'}/*/*/dataset_info.json"))
 
 
 def _hub_endpoint() -> str:
@@ -171,13 +171,9 @@ def _user_source(task: TaskSpec, data_dir: str | os.PathLike | None) -> DataSour
         return hub
     if not task.files:
         raise ValueError(f"task {task.name}: no data: set train-file (and dev-file) to your files, or hub-dataset")
-    base = Path(data_dir) if data_dir else None
-    for split, spec in task.files:
-        try:
-            expand(spec, base)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"task {task.name}: {split}-file {e}") from None
-    return DataSource("files", ", ".join(f"{split}-file {spec}" for split, spec in task.files), base)
+    # each split's files are found when it is read (the server evaluating on a dev file has no train file)
+    return DataSource("files", ", ".join(f"{split}-file {spec}" for split, spec in task.files),
+                      Path(data_dir) if data_dir else None)
 
 
 def resolve_data_source(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> DataSource:
@@ -269,7 +265,10 @@ def _split_files(task: TaskSpec, split: str, source: DataSource) -> list[Path]:
     spec = task.file(split)
     if spec is None:
         raise FileNotFoundError(f"task {task.name}: no {split}-file given")
-    return expand(spec, source.folder)
+    try:
+        return expand(spec, source.folder, any_file=task.fmt.kind is not None)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"task {task.name}: {split}-file {e}") from None
 
 
 def read_examples(task: TaskSpec, split: str, source: DataSource) -> Examples:
@@ -341,19 +340,36 @@ DEV_SPLIT_SEED = 1234
 DEV_SPLIT_TRAIN_FRACTION = 0.8
 
 
+def _carved(task: TaskSpec, source: DataSource) -> bool:
+    """A local preset folder with the dev file but no train file (QNLI and BoolQ in shared/data)."""
+    return source.kind == "local" and not _split_path(task, source.folder, "train").is_file()
+
+
+def _carve(task: TaskSpec, dev: Dataset) -> tuple[Dataset, Dataset, str]:
+    parts = dev.train_test_split(train_size=DEV_SPLIT_TRAIN_FRACTION, seed=DEV_SPLIT_SEED, shuffle=True)
+    note = (f"task {task.name}: no local train file, so its dev file ({len(dev)} rows) was split "
+            f"{DEV_SPLIT_TRAIN_FRACTION:.0%}/{1 - DEV_SPLIT_TRAIN_FRACTION:.0%} (seed {DEV_SPLIT_SEED}) into "
+            f"train ({len(parts['train'])}) and test ({len(parts['test'])}); the test part is reported as dev")
+    return parts["train"], parts["test"], note
+
+
 def load_task(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset, str | None]:
     """``(train, dev, note)``. When a local folder has the dev file but no train file (QNLI and BoolQ in
     shared/data), the dev file is split 80/20 deterministically and ``note`` says so."""
     task = get_task(task)
     source = resolve_data_source(task, data_dir)
     dev = _load(task, "dev", source)
-    if source.kind != "local" or _split_path(task, source.folder, "train").is_file():
+    if not _carved(task, source):
         return _load(task, "train", source), dev, None
-    parts = dev.train_test_split(train_size=DEV_SPLIT_TRAIN_FRACTION, seed=DEV_SPLIT_SEED, shuffle=True)
-    note = (f"task {task.name}: no local train file, so its dev file ({len(dev)} rows) was split "
-            f"{DEV_SPLIT_TRAIN_FRACTION:.0%}/{1 - DEV_SPLIT_TRAIN_FRACTION:.0%} (seed {DEV_SPLIT_SEED}) into "
-            f"train ({len(parts['train'])}) and test ({len(parts['test'])}); the test part is reported as dev")
-    return parts["train"], parts["test"], note
+    return _carve(task, dev)
+
+
+def load_dev(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, str | None]:
+    """``(dev, note)`` as :func:`load_task` gives them, without reading a training file (the server's evaluation)."""
+    task = get_task(task)
+    source = resolve_data_source(task, data_dir)
+    dev = _load(task, "dev", source)
+    return (_carve(task, dev)[1:] if _carved(task, source) else (dev, None))
 
 
 @dataclass(frozen=True)
@@ -388,7 +404,7 @@ def make_partitioner(spec: PartitionSpec):
     if spec.num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {spec.num_partitions}")
     if spec.kind == "iid":
-        return IidPartitioner(num_partitions=spec.num_partitions)
+        return _ShuffledIid(IidPartitioner(num_partitions=spec.num_partitions), spec.seed)
     if spec.kind == "dirichlet":
         return DirichletPartitioner(num_partitions=spec.num_partitions, partition_by=spec.by, alpha=spec.alpha,
                                     min_partition_size=2, self_balancing=False, seed=spec.seed)
@@ -399,6 +415,26 @@ def make_partitioner(spec: PartitionSpec):
     if spec.kind == "column":
         return _ColumnPartitioner(spec.num_partitions)
     raise ValueError(f"unknown partition {spec.kind!r}: use iid, dirichlet, pathological or column")
+
+
+class _ShuffledIid:
+    """flwr-datasets' IidPartitioner cuts contiguous blocks in file order: a file sorted by label would give each
+    client one label. The rows are shuffled first (by ``seed``), so IID means IID whatever the file's order."""
+
+    def __init__(self, inner, seed: int) -> None:
+        self._inner, self._seed = inner, seed
+        self.num_partitions = inner.num_partitions
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._inner.dataset
+
+    @dataset.setter
+    def dataset(self, value: Dataset) -> None:
+        self._inner.dataset = value.shuffle(seed=self._seed).flatten_indices()
+
+    def load_partition(self, partition_id: int) -> Dataset:
+        return self._inner.load_partition(partition_id)
 
 
 class _ColumnPartitioner:

@@ -88,11 +88,28 @@ def check_data(cfg: RunConfig) -> str | None:
 
 def check_labels(cfg: RunConfig) -> None:
     """The apps run elsewhere (``deploy run``): a custom classification's label set cannot be read from its files
-    here, and nodes that each inferred their own could disagree."""
+    here, and nodes that each inferred their own could disagree; the server's own evaluation needs a dev file."""
     task = task_of(cfg)
     if task.kind == "classification" and task.labels is None:
         raise ValueError(f"task {task.name}: set labels = 'a,b,...' (every label, in the order the model's outputs "
                          "use): with nodes reading their own files, the server cannot infer them")
+    if cfg.task == "custom" and cfg.central_eval and not (cfg.dev_file or cfg.hub_dataset):
+        raise ValueError(f"task {task.name}: central-eval = true evaluates on the server, which needs dev-file (a path "
+                         "on the server); set it, or central-eval = false (fraction-evaluate > 0 evaluates on the "
+                         "nodes' own dev files)")
+
+
+def check_clients(cfg: RunConfig, num_clients: int | None) -> None:
+    """``partition = column``: one client per value of the partition column, checked before anything starts."""
+    from .data import load_split
+
+    if cfg.partition != "column" or not num_clients:
+        return
+    values = sorted(set(load_split(task_of(cfg), "train", cfg.data_dir or None)["group"]))
+    if len(values) != num_clients:
+        raise ValueError(f"partition = 'column': partition-column {cfg.partition_column!r} has {len(values)} values "
+                         f"({', '.join(values[:8])}{', ...' if len(values) > 8 else ''}); run with "
+                         f"{len(values)} clients (--num-clients {len(values)}), not {num_clients}")
 
 
 def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:
@@ -120,4 +137,6 @@ def preflight(cfg: RunConfig, num_clients: int | None = None, on_this_machine: b
     check_device(cfg)
     check_aggregation(cfg, num_clients)
     check_model(cfg)
-    return check_data(cfg)
+    note = check_data(cfg)
+    check_clients(cfg, num_clients)
+    return note

@@ -53,9 +53,9 @@ def read_text(path: Path) -> str:
                          "not valid UTF-8") from None
 
 
-def expand(spec: str, base: Path | None = None) -> list[Path]:
-    """The files of a ``train-file``/``dev-file`` value: a file, a folder (its readable files, sorted) or a glob.
-    Relative values are under ``base``."""
+def expand(spec: str, base: Path | None = None, any_file: bool = False) -> list[Path]:
+    """The files of a ``train-file``/``dev-file`` value: a file, a folder (its files with a known extension, or
+    every visible file with ``any_file``: the format is given), or a glob. Relative values are under ``base``."""
     path = Path(spec).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
@@ -65,7 +65,8 @@ def expand(spec: str, base: Path | None = None) -> list[Path]:
             raise FileNotFoundError(f"{spec}: no file matches")
         return files
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and (any_file or p.suffix.lower() in EXTENSIONS))
         if not files:
             raise FileNotFoundError(f"{path}: the folder holds no {', '.join(sorted(set(EXTENSIONS)))} file")
         return files
@@ -128,8 +129,11 @@ def _delimited(path: Path, kind: FileKind, fmt: FileFormat, blank: list[int]) ->
                 row = next(reader)
             except StopIteration:
                 return
-            except csv.Error as e:  # an unterminated quote: nothing after it can be trusted
-                raise ValueError(f"{path} line {last + 1}: {e} (a quote opened here is never closed?)") from None
+            except csv.Error as e:  # the quoting is broken: nothing after it can be trusted
+                hint = " (a quote opened here is never closed)" if "end of data" in str(e) else (
+                    " (a quoted field must end at its quote: double a quote inside it, \"\")" if "expected after" in
+                    str(e) else "")
+                raise ValueError(f"{path} line {last + 1}: {e}{hint}") from None
             line, last = last + 1, reader.line_num
             if not row or all(not v.strip() for v in row):
                 blank.append(line)

@@ -40,7 +40,7 @@ from strategies import FastFedAvg, FedAlternating, FedTT, FedTTPlus, make_schedu
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
 from .config import RunConfig
-from .data import load_task
+from .data import load_dev
 from .methods.build import Resolved, build_model, resolve
 from .models import pick_device
 from .tasks import task_of
@@ -274,7 +274,7 @@ class CentralEval:
         self.cfg, self.model, self.device, self.prompts = cfg, model, device, resolved.prompt_task
         self.task = task_of(cfg)
         self.on = cfg.central_eval and not resolved.method.personal
-        dev, self.note = load_task(self.task, cfg.data_dir or None)[1:] if self.on else (None, None)
+        dev, self.note = load_dev(self.task, cfg.data_dir or None) if self.on else (None, None)
         self.loader = None if dev is None else make_loader(
             tokenize(dev, tokenizer, cfg.max_length, self.prompts), tokenizer, cfg.eval_batch_size, False,
             prompt_task=self.prompts)

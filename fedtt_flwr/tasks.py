@@ -282,13 +282,13 @@ def compute_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray)
             denom = float((predictions == c).sum() + (labels == c).sum())
             f1s.append(2 * tp / denom if denom else 0.0)
         out["f1"] = float(np.mean(f1s))
-    if "mcc" in spec.metrics:
-        tp = float(((predictions == 1) & (labels == 1)).sum())
-        tn = float(((predictions == 0) & (labels == 0)).sum())
-        fp = float(((predictions == 1) & (labels == 0)).sum())
-        fn = float(((predictions == 0) & (labels == 1)).sum())
-        denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        out["mcc"] = float((tp * tn - fp * fn) / denom) if denom else 0.0
+    if "mcc" in spec.metrics:  # Matthews (Gorodkin's K classes; the usual formula for 2)
+        classes = np.union1d(labels, predictions)
+        true = np.array([(labels == c).sum() for c in classes], dtype=np.float64)
+        pred = np.array([(predictions == c).sum() for c in classes], dtype=np.float64)
+        correct, total = float((predictions == labels).sum()), float(len(labels))
+        denom = np.sqrt((total ** 2 - (pred ** 2).sum()) * (total ** 2 - (true ** 2).sum()))
+        out["mcc"] = float((correct * total - (pred * true).sum()) / denom) if denom else 0.0
     return out
 
 
@@ -358,13 +358,15 @@ def task_of(cfg) -> TaskSpec:
         if cfg.task not in PRESETS:
             raise ValueError(f"unknown task {cfg.task!r}; presets: {', '.join(PRESETS)}, or {CUSTOM!r} for your own")
         spec = PRESETS[cfg.task]
-        return replace(spec, group=cfg.partition_column, bad_rows="skip" if cfg.bad_rows == "skip" else spec.bad_rows)
+        bad_rows = spec.bad_rows if cfg.bad_rows == "auto" else cfg.bad_rows
+        return replace(spec, group=cfg.partition_column, bad_rows=bad_rows)
     files = tuple((split, path) for split, path in (("train", cfg.train_file), ("dev", cfg.dev_file)) if path)
     return TaskSpec(
-        cfg.task_name or CUSTOM, "classification" if cfg.task_kind == "auto" else cfg.task_kind,
+        cfg.task_name or CUSTOM,
+        cfg.task_kind if cfg.task_kind != "auto" else "multiple-choice" if cfg.choice_columns else "classification",
         _names(cfg.text_columns), cfg.label_column, choices=_names(cfg.choice_columns),
         labels=_names(cfg.labels) or None, metrics=_names(cfg.metrics), files=files,
         fmt=FileFormat(None if cfg.data_format == "auto" else cfg.data_format),
         hub=(cfg.hub_dataset, cfg.hub_config) if cfg.hub_dataset else None,
         hub_splits=(("train", cfg.hub_train_split), ("dev", cfg.hub_dev_split)), group=cfg.partition_column,
-        bad_rows=cfg.bad_rows)
+        bad_rows="error" if cfg.bad_rows == "auto" else cfg.bad_rows)

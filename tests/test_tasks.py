@@ -163,7 +163,7 @@ def test_blank_lines_and_skipped_rows_are_counted_never_silent(tmp_path, capsys)
 # --- configuration --------------------------------------------------------------------------------------------
 
 def test_config_keys_for_own_data_are_checked_at_start(tmp_path):
-    with pytest.raises(ValueError, match="train-file describe your own data: set task = 'custom'"):
+    with pytest.raises(ValueError, match="train-file describes your own data: set task = 'custom'"):
         RunConfig(task="sst2", train_file="/x.csv")
     with pytest.raises(ValueError, match="partition = 'column' needs partition-column"):
         RunConfig(partition="column")
@@ -182,8 +182,10 @@ def test_deploy_run_needs_the_labels_of_a_custom_classification():
 
     with pytest.raises(ValueError, match="set labels = 'a,b,...'"):
         preflight(custom(train_file="/on/the/nodes.csv"), on_this_machine=False)
-    preflight(custom(train_file="/on/the/nodes.csv", labels="a,b"), on_this_machine=False)
-    preflight(custom(train_file="/on/the/nodes.csv", task_kind="regression"), on_this_machine=False)
+    preflight(custom(train_file="/on/the/nodes.csv", dev_file="/on/the/server.csv", labels="a,b"),
+              on_this_machine=False)
+    preflight(custom(train_file="/on/the/nodes.csv", task_kind="regression", central_eval=False),
+              on_this_machine=False)
 
 
 def test_the_command_line_fixes_paths_and_labels_for_the_apps(tickets, monkeypatch, capsys):
@@ -408,3 +410,86 @@ def test_presets_read_their_original_files(tmp_path, capsys, task, expected):
         assert "skipped 1 bad row(s)" in capsys.readouterr().out
     if task.startswith("mnli"):  # one train file for both; the dev files differ
         assert load_split(task, "train", tmp_path)["label"] == [1]
+
+
+# --- review findings: each one a test --------------------------------------------------------------------------
+
+def test_iid_shuffles_a_sorted_file_by_seed(tmp_path):
+    path = _csv(tmp_path / "sorted.csv", [f"row {i},{'a' if i < 30 else 'b'}" for i in range(60)])
+    ds = load_split(task_of(custom(train_file=str(path), labels="a,b")), "train")
+    parts = [partition(ds, PartitionSpec("iid", 2, seed=s), 0) for s in (0, 1)]
+    assert all(set(p["label"]) == {0, 1} for p in parts)  # contiguous blocks would be all 'a'
+    assert parts[0]["text_a"] != parts[1]["text_a"]  # the seed decides
+
+
+def test_choice_columns_make_a_multiple_choice_task_and_qqp_skips_can_be_refused(tmp_path):
+    assert task_of(custom(train_file="/x.csv", choice_columns="a,b")).kind == "multiple-choice"
+    assert task_of(RunConfig(task="qqp")).bad_rows == "skip"
+    assert task_of(RunConfig(task="qqp", bad_rows="error")).bad_rows == "error"
+    assert task_of(custom(train_file="/x.csv")).bad_rows == "error"
+
+
+def test_mcc_for_several_classes_is_matthews_general_form():
+    spec = task_of(custom(train_file="/x.csv", labels="a,b,c", metrics="mcc"))
+    y, p = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0])
+    c = np.zeros((3, 3))
+    for t, q in zip(y, p, strict=True):
+        c[t, q] += 1
+    s, k = c.sum(), np.trace(c)
+    t_k, p_k = c.sum(1), c.sum(0)
+    expected = (k * s - t_k @ p_k) / np.sqrt((s ** 2 - p_k @ p_k) * (s ** 2 - t_k @ t_k))
+    assert compute_metrics(spec, p, y)["mcc"] == pytest.approx(expected)
+    binary = PRESETS["cola"]  # the usual two-class formula
+    assert compute_metrics(binary, np.array([1, 1, 0, 0, 1, 0, 1, 1]), np.array([1, 1, 1, 0, 0, 0, 1, 0]))[
+        "mcc"] == pytest.approx((3 * 2 - 2 * 1) / np.sqrt(5 * 4 * 4 * 3))
+
+
+def test_the_server_evaluates_with_only_a_dev_file_and_deploy_run_says_when_it_has_none(tmp_path):
+    from fedtt_flwr.data import load_dev
+    from fedtt_flwr.preflight import preflight
+
+    dev = _csv(tmp_path / "dev.csv", ["fine,a", "bad,b"])
+    task = task_of(custom(train_file="/only/on/the/nodes.csv", dev_file=str(dev), labels="a,b"))
+    assert load_dev(task)[0]["label"] == [0, 1]
+    with pytest.raises(ValueError, match="central-eval = true evaluates on the server, which needs dev-file"):
+        preflight(custom(train_file="/n.csv", labels="a,b"), on_this_machine=False)
+    preflight(custom(train_file="/n.csv", labels="a,b", central_eval=False), on_this_machine=False)
+
+
+def test_a_column_partition_with_the_wrong_client_count_stops_before_start(tmp_path):
+    from fedtt_flwr.preflight import check_clients
+
+    path = _csv(tmp_path / "r.csv", [f"t {i},a,{'xyz'[i % 3]}" for i in range(9)], "text,label,site")
+    cfg = custom(train_file=str(path), labels="a,b", partition="column", partition_column="site")
+    check_clients(cfg, 3)
+    with pytest.raises(ValueError, match=r"'site' has 3 values \(x, y, z\); run with 3 clients"):
+        check_clients(cfg, 5)
+
+
+def test_csv_errors_say_what_to_fix_and_folders_take_data_format(tmp_path):
+    bad = tmp_path / "q.csv"
+    bad.write_text('text,label\n"Hi" he said,a\n')
+    with pytest.raises(ValueError, match=r"line 2: ',' expected after '\"' \(a quoted field must end at its quote"):
+        load_split(task_of(custom(train_file=str(bad), labels="a,b")), "train")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "part-0.txt").write_text("text\tlabel\nok\ta\n")
+    task = task_of(custom(train_file=str(folder), data_format="tsv", labels="a,b"))
+    assert load_split(task, "train")["text_a"] == ["ok"]
+
+
+def test_a_nodes_own_file_may_be_a_glob(tmp_path):
+    from fedtt_flwr.client import node_partition
+
+    (tmp_path / "site" / "2026").mkdir(parents=True)
+    _csv(tmp_path / "site" / "2026" / "train.csv", ["ok,a"])
+
+    class Ctx:
+        node_config = {"train-file": str(tmp_path / "site" / "*" / "train.csv")}
+        run_config = {"task": "custom", "labels": "a,b"}
+
+    cfg, pid, num = node_partition(Ctx())
+    assert cfg.train_file == Ctx.node_config["train-file"] and (pid, num) == (0, 1)
+    Ctx.node_config = {"train-file": str(tmp_path / "nowhere" / "*.csv")}
+    with pytest.raises(ValueError, match="node config 'train-file': .* no file matches on this node"):
+        node_partition(Ctx())
