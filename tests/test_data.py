@@ -361,3 +361,19 @@ def test_the_cli_writes_hub_data_once_into_the_local_layout_for_the_apps(no_sour
     assert "fetching sst2" in capsys.readouterr().out
     assert local_data_dir("sst2", None) == folder  # the second run reads the folder: no fetch
     assert "fetching" not in capsys.readouterr().out
+
+
+def test_a_custom_task_on_a_hub_dataset_takes_its_class_names(no_sources, monkeypatch):
+    """`task = custom` with `hub-dataset`: its own column names, labels from its ClassLabel (here from the cache)."""
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.data import with_labels
+    from fedtt_flwr.tasks import task_of
+
+    _fake_hub_cache(no_sources / "hf" / "datasets", {"train": [("good", 1), ("bad", 0)], "validation": [("ok", 1)]})
+    cfg = RunConfig(task="custom", hub_dataset="nyu-mll/glue", hub_config="sst2", text_columns="sentence")
+    task = with_labels(task_of(cfg))
+    assert task.labels == ("negative", "positive")
+    train, dev, _ = load_task(task)
+    assert (train["text_a"], train["label"], dev["label"]) == (["good", "bad"], [1, 0], [1])
+    with pytest.raises(ValueError, match=r"nyu-mll/glue sst2 \[train\]: no column 'text'"):
+        load_split(task_of(cfg.model_copy(update={"text_columns": "text", "labels": "negative,positive"})), "train")
