@@ -23,7 +23,15 @@ from strategies.protocol import receive_global, reply_content, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig, model_key
-from .data import PartitionSpec, check_partition_id, load_split, load_task, make_partitioner, partition_view
+from .data import (
+    PartitionSpec,
+    check_partition_id,
+    load_partition,
+    load_split,
+    load_task,
+    make_partitioner,
+    partition_view,
+)
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
@@ -108,7 +116,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     else:
         spec = PartitionSpec("iid", num_partitions, seed=cfg.seed)
     check_partition_id(spec, partition_id)
-    part = _partitioner(task_of(cfg), cfg.data_dir, split, spec).load_partition(partition_id)
+    part = load_partition(_partitioner(task_of(cfg), cfg.data_dir, split, spec), spec, partition_id)
     return tokenize(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 

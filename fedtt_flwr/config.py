@@ -223,6 +223,13 @@ class RunConfig(BaseModel):
         task_of(self)  # the spec's own checks: kind, columns, metrics
         return self
 
+    @field_validator("labels", "task_name", "text_columns", "label_column", "choice_columns", "partition_column",
+                     mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        """``--set labels=1`` parses as a number: these keys are text whatever they look like."""
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:

@@ -233,7 +233,9 @@ def _hub_records(task: TaskSpec, split: str, cached: bool) -> Records:
     feature = ds.features.get(label_hub)
     names = None
     if task.kind == "classification" and isinstance(feature, ClassLabel):
-        names = list(task.labels) if task.labels is not None else feature.names
+        # a preset's labels are the hub's classes in the hub's order; your own task's ids become the hub's class
+        # names, which are then mapped by name onto your labels (an order you chose is kept)
+        names = list(task.labels) if task.folder else feature.names
 
     def rows() -> Iterator[tuple[str, dict]]:
         for n, record in enumerate(ds, 1):
@@ -464,6 +466,21 @@ class _ColumnPartitioner:
         return self._dataset.filter(lambda g: g == value, input_columns="group")
 
 
+def load_partition(partitioner, spec: PartitionSpec, partition_id: int) -> Dataset:
+    """One client's share; a split flwr-datasets cannot make (too few rows or classes for the clients) is an error
+    naming the settings that decide it."""
+    try:
+        return partitioner.load_partition(partition_id)
+    except ValueError as exc:
+        setting = {"dirichlet": f", alpha {spec.alpha}", "pathological": f", classes-per-client "
+                   f"{spec.classes_per_client}"}.get(spec.kind, "")
+        fix = {"dirichlet": ", a larger alpha", "pathological": ", fewer classes-per-client"}.get(spec.kind, "")
+        rows = len(partitioner.dataset) if partitioner.dataset is not None else "its"
+        raise ValueError(f"partition = '{spec.kind}'{setting}: {rows} training rows cannot be split between "
+                         f"{spec.num_partitions} clients ({exc}); use more data, fewer clients{fix} or partition = "
+                         "'iid'") from None
+
+
 def check_partition_id(spec: PartitionSpec, partition_id: int) -> None:
     if not 0 <= partition_id < spec.num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside 0..{spec.num_partitions - 1}")
@@ -476,7 +493,7 @@ def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int, task: Ta
         dataset, spec = partition_view(dataset, task, spec)
     p = make_partitioner(spec)
     p.dataset = dataset
-    return p.load_partition(partition_id)
+    return load_partition(p, spec, partition_id)
 
 
 def _write_tsv(path: Path, task: TaskSpec, records: list[dict]) -> None:

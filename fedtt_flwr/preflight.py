@@ -78,12 +78,14 @@ def check_model(cfg: RunConfig) -> None:
                              f"({cores} cores each): {exc}") from None
 
 
-def check_data(cfg: RunConfig) -> str | None:
-    """The task's data is there and every row of it is good (a bad one is named with its file, row and column),
-    before anything starts; returns the load note."""
+def check_data(cfg: RunConfig, num_clients: int | None = None) -> str | None:
+    """The task's data is there, every row of it is good (a bad one is named with its file, row and column) and
+    it splits between the clients, before anything starts; returns the load note."""
     from .data import load_task
 
-    return load_task(task_of(cfg), cfg.data_dir or None)[2]
+    train, _, note = load_task(task_of(cfg), cfg.data_dir or None)
+    check_clients(cfg, num_clients, train)
+    return note
 
 
 def check_labels(cfg: RunConfig) -> None:
@@ -99,17 +101,27 @@ def check_labels(cfg: RunConfig) -> None:
                          "nodes' own dev files)")
 
 
-def check_clients(cfg: RunConfig, num_clients: int | None) -> None:
-    """``partition = column``: one client per value of the partition column, checked before anything starts."""
-    from .data import load_split
+def check_clients(cfg: RunConfig, num_clients: int | None, train=None) -> None:
+    """The training split can be partitioned between the clients as the run asks (a Dirichlet draw with too few
+    rows, more classes per client than there are, one client per value of a column), before anything starts."""
+    from .data import PartitionSpec, load_partition, load_split, make_partitioner, partition_view
 
-    if cfg.partition != "column" or not num_clients:
+    if not num_clients or num_clients < 2:
         return
-    values = sorted(set(load_split(task_of(cfg), "train", cfg.data_dir or None)["group"]))
-    if len(values) != num_clients:
-        raise ValueError(f"partition = 'column': partition-column {cfg.partition_column!r} has {len(values)} values "
-                         f"({', '.join(values[:8])}{', ...' if len(values) > 8 else ''}); run with "
-                         f"{len(values)} clients (--num-clients {len(values)}), not {num_clients}")
+    task = task_of(cfg)
+    train = train if train is not None else load_split(task, "train", cfg.data_dir or None)
+    if cfg.partition == "column":
+        values = sorted(set(train["group"]))
+        if len(values) != num_clients:
+            raise ValueError(f"partition = 'column': partition-column {cfg.partition_column!r} has {len(values)} "
+                             f"values ({', '.join(values[:8])}{', ...' if len(values) > 8 else ''}); run with "
+                             f"{len(values)} clients (--num-clients {len(values)}), not {num_clients}")
+        return
+    spec = PartitionSpec(cfg.partition, num_clients, cfg.alpha, cfg.classes_per_client, cfg.seed)
+    data, spec = partition_view(train, task, spec)
+    partitioner = make_partitioner(spec)
+    partitioner.dataset = data
+    load_partition(partitioner, spec, 0)
 
 
 def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:
@@ -137,6 +149,4 @@ def preflight(cfg: RunConfig, num_clients: int | None = None, on_this_machine: b
     check_device(cfg)
     check_aggregation(cfg, num_clients)
     check_model(cfg)
-    note = check_data(cfg)
-    check_clients(cfg, num_clients)
-    return note
+    return check_data(cfg, num_clients)

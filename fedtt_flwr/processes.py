@@ -65,10 +65,15 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60, what: str 
 
 
 def _toml_value(v) -> str:
+    """A value as ``flwr run --run-config`` parses it: text in double quotes, or single ones when it holds a double
+    quote (Flower's parser takes no escapes); text it cannot carry is refused here, not after the start."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return json.dumps(v)
+        if "\\" in v or "\n" in v or "\r" in v or ('"' in v and "'" in v):
+            raise ValueError(f"run-config value {v!r}: flwr run cannot pass a backslash, a line break, or both kinds "
+                             "of quote in one value; rename it (a file path, a label) without them")
+        return f"'{v}'" if '"' in v else f'"{v}"'
     return repr(v)
 
 
@@ -110,7 +115,9 @@ def run_and_wait(env: dict, connection: str, run_config: dict | None = None, tim
     if run_config:
         cmd += ["--run-config", format_overrides(run_config)]
     started = time.monotonic()
-    subprocess.run(cmd, env=env, check=False, timeout=timeout)
+    if subprocess.run(cmd, env=env, check=False, timeout=timeout).returncode != 0:  # nothing was submitted
+        print("[fedtt] flwr run did not submit the run (its message is above)", flush=True)
+        return None
     return wait_for_run(env, connection, started, timeout)
 
 

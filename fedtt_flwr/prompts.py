@@ -204,7 +204,8 @@ def encode_choice_prompts(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, 
             budget = max(max_length - max(len(c) for c in cands), 2)
             if len(ids) > budget:
                 ids = [bos, *ids[len(ids) - budget + 1:]] if bos is not None and ids[0] == bos else ids[-budget:]
-            out_ctx.append(ids)
+            # a candidate's first token is predicted from the position before it: the context needs one
+            out_ctx.append(ids or [bos if bos is not None else tokenizer.eos_token_id])
             out_choices.append(cands)
         return {"input_ids": out_ctx, "choice_ids": out_choices}
 

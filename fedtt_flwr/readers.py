@@ -59,7 +59,7 @@ def expand(spec: str, base: Path | None = None, any_file: bool = False) -> list[
     path = Path(spec).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
-    if any(c in spec for c in "*?["):
+    if any(c in spec for c in "*?[") and not path.exists():  # a real file named "a[1].csv" is that file
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise FileNotFoundError(f"{spec}: no file matches")
@@ -119,6 +119,9 @@ def _delimited(path: Path, kind: FileKind, fmt: FileFormat, blank: list[int]) ->
         except csv.Error as e:
             raise ValueError(f"{path} line 1: {e}") from None
         columns = [c.strip() for c in header]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{path} line 1: the column '{repeated[0]}' appears twice in the header")
     else:
         columns = list(fmt.columns)
 
@@ -154,20 +157,39 @@ def _jsonl(path: Path, blank: list[int]) -> Iterator[tuple[str, dict | RowError]
             blank.append(n)
             continue
         try:
-            record = json.loads(line.rstrip("\n"))
+            record = json.loads(line.rstrip("\n"), object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             yield f"line {n}", RowError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        except _RepeatedKey as e:
+            yield f"line {n}", RowError(f"{path} line {n}: the field '{e.args[0]}' appears twice")
             continue
         if not isinstance(record, dict):
             record = RowError(f"{path} line {n}: expected a JSON object, got {type(record).__name__}")
         yield f"line {n}", record
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object; a key given twice is an error (json keeps the last one silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
 def _json(path: Path) -> Iterator[tuple[str, dict | RowError]]:
     try:
-        data = json.loads(read_text(path))
+        data = json.loads(read_text(path), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
+    except _RepeatedKey as e:
+        raise ValueError(f"{path}: a record has the field '{e.args[0]}' twice") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # {"data": [...]}, as the Hugging Face JSON loader accepts (field="data")
     if not isinstance(data, list):

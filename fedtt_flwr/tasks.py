@@ -11,6 +11,7 @@ row and the column.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -62,11 +63,17 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: metric(s) {wrong} do not apply to {self.kind} (use "
                              f"{', '.join(sorted(_KIND_METRICS[self.kind]))})")
         if self.kind == "multiple-choice":
-            if len(self.choices) < 2:
-                raise ValueError(f"task {self.name}: multiple choice needs at least 2 choice-columns, got "
+            if len(self.choices) < 2 or len(set(self.choices)) != len(self.choices):
+                raise ValueError(f"task {self.name}: multiple choice needs at least 2 different choice-columns, got "
                                  f"{list(self.choices)}")
+            if not self.text:
+                raise ValueError(f"task {self.name}: multiple choice needs a context: text-columns names its column(s)")
+        elif self.choices:
+            raise ValueError(f"task {self.name}: choice-columns are for multiple choice; this task is a {self.kind}")
         elif not 1 <= len(self.text) <= (3 if self.render else 2):
             raise ValueError(f"task {self.name}: text-columns must name 1 column or 2 (a pair), got {list(self.text)}")
+        if self.labels is not None and self.kind != "classification":
+            raise ValueError(f"task {self.name}: labels are for a classification; this task is a {self.kind}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"task {self.name}: labels {list(self.labels)} repeat a value")
         if self.kind == "classification" and self.labels is not None and len(self.labels) < 2:
@@ -125,7 +132,7 @@ def _score(value: object, where: str, column: str) -> float:
         if isinstance(value, bool):
             raise TypeError
         score = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RowError(f"{where}, column '{column}': expected a number, got {value!r}") from None
     if not math.isfinite(score):
         raise RowError(f"{where}, column '{column}': expected a finite number, got {value!r}")
@@ -184,7 +191,7 @@ class Examples:
             label = _score(value, at, spec.label)
         elif spec.kind == "multiple-choice":
             label = label_text(value)
-            if label is None or not label.isdigit() or int(label) >= len(spec.choices):
+            if label is None or not re.fullmatch(r"[0-9]+", label) or int(label) >= len(spec.choices):
                 raise RowError(f"{at}, column '{spec.label}': expected the index of the right choice, 0.."
                                f"{len(spec.choices) - 1}, got {value!r}")
             label = int(label)
@@ -225,6 +232,8 @@ class Examples:
     def notes(self, split: str) -> list[str]:
         """What was skipped, said once (never silent)."""
         out = []
+        if self.skipped and not self.label:
+            out.append(f"{split}: every row was bad and skipped ({len(self.skipped)}); first: {self.skipped[0]}")
         if self.blank:
             out.append(f"{split}: skipped {self.blank} blank line(s)")
         if self.skipped:
@@ -235,7 +244,7 @@ class Examples:
 def infer_labels(raw: Iterable[str]) -> tuple[str, ...]:
     """The label set of a training split, sorted (numerically when every label is an integer)."""
     values = set(raw)
-    if all(v.lstrip("-").isdigit() for v in values):
+    if all(re.fullmatch(r"-?[0-9]+", v) for v in values):
         return tuple(sorted(values, key=int))
     return tuple(sorted(values))
 

@@ -135,7 +135,8 @@ def test_copa_and_a_custom_multiple_choice_file(tmp_path):
 def test_bad_data_names_the_file_row_and_column(tmp_path, name, content, keys, message):
     path = tmp_path / name
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
-    task = task_of(custom(train_file=str(path), labels="a,b,x", **keys))
+    labels = {} if keys.get("task_kind") == "regression" else {"labels": "a,b,x"}
+    task = task_of(custom(train_file=str(path), **labels, **keys))
     with pytest.raises(ValueError, match="^" + message.format(path=re.escape(str(path)))):
         load_split(task, "train")
 
@@ -167,8 +168,18 @@ def test_config_keys_for_own_data_are_checked_at_start(tmp_path):
         RunConfig(task="sst2", train_file="/x.csv")
     with pytest.raises(ValueError, match="partition = 'column' needs partition-column"):
         RunConfig(partition="column")
-    with pytest.raises(ValueError, match="at least 2 choice-columns"):
+    with pytest.raises(ValueError, match="at least 2 different choice-columns"):
         custom(train_file="/x.csv", task_kind="multiple-choice", choice_columns="a")
+    with pytest.raises(ValueError, match="at least 2 different choice-columns"):
+        custom(train_file="/x.csv", choice_columns="a,a")
+    with pytest.raises(ValueError, match="multiple choice needs a context"):
+        custom(train_file="/x.csv", choice_columns="a,b", text_columns="")
+    with pytest.raises(ValueError, match="choice-columns are for multiple choice; this task is a regression"):
+        custom(train_file="/x.csv", choice_columns="a,b", task_kind="regression")
+    with pytest.raises(ValueError, match="labels are for a classification; this task is a regression"):
+        custom(train_file="/x.csv", labels="a,b", task_kind="regression")
+    with pytest.raises(ValueError, match=r"at least 2 labels, got \['1.5'\]"):  # --set labels=1.5: a number, read
+        custom(train_file="/x.csv", labels=1.5)                                # as the text it was
     with pytest.raises(ValueError, match=r"metric\(s\) \['pearson'\] do not apply to classification"):
         custom(train_file="/x.csv", metrics="pearson")
     with pytest.raises(ValueError, match="text-columns must name 1 column or 2"):
@@ -493,3 +504,57 @@ def test_a_nodes_own_file_may_be_a_glob(tmp_path):
     Ctx.node_config = {"train-file": str(tmp_path / "nowhere" / "*.csv")}
     with pytest.raises(ValueError, match="node config 'train-file': .* no file matches on this node"):
         node_partition(Ctx())
+
+
+def test_adversarial_inputs_get_clear_errors_or_the_right_result(tmp_path, monkeypatch):
+    from fedtt_flwr.processes import format_overrides
+
+    # duplicate columns: an error, not the last one silently
+    dup = _csv(tmp_path / "dup.csv", ["hello,pos,world"], "text,label,text")
+    with pytest.raises(ValueError, match=r"dup.csv line 1: the column 'text' appears twice"):
+        load_split(task_of(custom(train_file=str(dup), labels="pos,neg")), "train")
+    (tmp_path / "dup.jsonl").write_text('{"text": "first", "text": "second", "label": "pos"}\n')
+    with pytest.raises(ValueError, match=r"dup.jsonl line 1: the field 'text' appears twice"):
+        load_split(task_of(custom(train_file=str(tmp_path / "dup.jsonl"), labels="pos,neg")), "train")
+    # a huge integer score, digit-like labels
+    (tmp_path / "big.jsonl").write_text('{"text": "q", "label": ' + "9" * 400 + "}\n")
+    with pytest.raises(ValueError, match="line 1, column 'label': expected a number"):
+        load_split(task_of(custom(train_file=str(tmp_path / "big.jsonl"), task_kind="regression")), "train")
+    odd = _csv(tmp_path / "odd.csv", ["a,--1", "b,1", "c,\u00b2"])
+    assert with_labels(task_of(custom(train_file=str(odd)))).labels == ("--1", "1", "\u00b2")  # text, not numbers
+    # a real file whose name looks like a glob is that file
+    weird = _csv(tmp_path / "we[ird].csv", ["ok,a"])
+    assert load_split(task_of(custom(train_file=str(weird), labels="a,b")), "train")["text_a"] == ["ok"]
+    # values flwr run cannot carry are refused before the start; a double quote travels in single quotes
+    assert format_overrides({"labels": 'he said "yes",no', "x": "caf\u00e9 \U0001F600"}) == \
+        """labels='he said "yes",no' x="caf\u00e9 \U0001F600\""""
+    with pytest.raises(ValueError, match="flwr run cannot pass"):
+        format_overrides({"labels": "it's \"x\""})
+
+
+def test_your_own_label_order_on_a_hub_dataset_maps_by_class_name(tmp_path, monkeypatch):
+    import datasets
+
+    from fedtt_flwr import data
+
+    features = datasets.Features(sentence=datasets.Value("string"),
+                                 label=datasets.ClassLabel(names=["negative", "positive"]))
+    ds = datasets.Dataset.from_dict({"sentence": ["bad film", "great film"], "label": [0, 1]}, features=features)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: ds)
+    task = task_of(custom(hub_dataset="someone/reviews", text_columns="sentence", labels="positive,negative"))
+    records = data._hub_records(task, "train", cached=True)
+    from fedtt_flwr.tasks import Examples
+
+    examples = Examples()
+    examples.read(task, records)
+    assert examples.label == ["negative", "positive"]  # names, then mapped onto the order you chose
+
+
+def test_partitions_that_cannot_be_made_are_named_before_start(tmp_path):
+    from fedtt_flwr.preflight import check_clients
+
+    path = _csv(tmp_path / "small.csv", [f"row {i},{'ab'[i % 2]}" for i in range(12)])
+    with pytest.raises(ValueError, match=r"partition = 'pathological', classes-per-client 3: 12 training rows cannot "
+                                         r"be split between 2 clients .*fewer classes-per-client"):
+        check_clients(custom(train_file=str(path), labels="a,b", partition="pathological", classes_per_client=3), 2)
+    check_clients(custom(train_file=str(path), labels="a,b", partition="iid"), 4)
