@@ -25,7 +25,7 @@ Position = Literal["input", "output"]
 
 #: (regex on the module's full name, where the adapter goes), one list per family.
 ENCODER_RULES: tuple[tuple[str, Position], ...] = (
-    (r"(^|\.)layer\.\d+\.attention\.output\.dense$", "output"),  # BERT, RoBERTa, ELECTRA, XLM-R, DeBERTa
+    (r"(^|\.)layer\.\d+\.attention\.(output\.dense|attn\.o)$", "output"),  # BERT, RoBERTa, ELECTRA, DeBERTa; MPNet
     (r"(^|\.)layer\.\d+\.output\.dense$", "output"),
     (r"(^|\.)layer\.\d+\.attention\.out_lin$", "output"),  # DistilBERT
     (r"(^|\.)layer\.\d+\.ffn\.lin2$", "output"),
@@ -36,8 +36,8 @@ DECODER_RULES: tuple[tuple[str, Position], ...] = (
     (r"(^|\.)mlp\.down_proj$", "output"),
 )
 #: Rules that place one family's adapters together: a model that matches some rules of a group must match all
-#: of them equally often (one per block), else it would be half-adapted without a word (MPNet: its FFN output
-#: is `output.dense`, its attention output `attention.attn.o`).
+#: of them equally often (one per block), else it would be half-adapted without a word (an architecture whose
+#: FFN output is `output.dense` but whose attention output has a name no rule knows).
 RULE_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3))  # indices into ENCODER_RULES
 DECODER_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2),)
 _ACTIVATIONS: dict[str, type[nn.Module]] = {

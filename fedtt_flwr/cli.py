@@ -16,7 +16,10 @@ def _params(args: argparse.Namespace) -> int:
     from .config import TTAdapterConfig
     from .report import client_memory, param_report
 
-    cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias,
+    norms = {"off": False, "on": True, "weight": "weight"}.get(args.train_layernorm)
+    if norms is None:  # auto: what a run trains and sends (fedtt/fedtt+ with a classification head: the gains)
+        norms = "weight" if args.task_kind != "causal-lm" else False
+    cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias, train_layernorm=norms,
                           tensorized_classifier={"on": True, "off": False}.get(args.tensorized_classifier, "auto"))
     report = param_report(args.model, lora_rank=args.lora_rank, task_kind=args.task_kind,
                           num_labels=args.num_labels, adapter_config=cfg)
@@ -243,13 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="trainable parameters and bytes per round: TT adapters vs LoRA")
     p.add_argument("--model", default="minilm",
-                   help="minilm, smollm2-135m, roberta-base, roberta-large, llama-2-7b, llama-2-13b, or a HF name/path")
+                   help="minilm, mpnet-base, smollm2-135m, roberta-base, roberta-large, llama-2-7b, llama-2-13b, or "
+                        "a HF name/path")
     p.add_argument("--rank", type=int, default=5, help="TT rank")
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--bias", action="store_true", help="TT layers with biases (they train and travel)")
     p.add_argument("--tensorized-classifier", choices=("auto", "on", "off"), default="auto",
                    help="a RoBERTa-style classifier.dense as a TT layer (auto: where the head has one)")
+    p.add_argument("--train-layernorm", choices=("off", "weight", "on", "auto"), default="off",
+                   help="also count the LayerNorm gains (weight) or gains and biases (on) that fedtt sends; auto: as a "
+                        "run's train-layernorm = auto does (the gains with a classification head); off: the method's "
+                        "own tensors (the paper's count)")
     p.add_argument("--task-kind", choices=["classification", "causal-lm"], default=None,
                    help="default: causal-lm for decoder models, classification otherwise")
     p.add_argument("--num-labels", type=int, default=2)

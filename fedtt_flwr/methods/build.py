@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..config import RunConfig, TTAdapterConfig
-from ..models import load_model, model_config, set_mean_pooling, trained_pooling
+from ..models import MEAN_POOLING_TYPES, load_model, model_config, set_mean_pooling, trained_pooling
 from ..prompts import PROMPTS, CandidateScorer, ChoiceScorer, choice_ids, get_prompt, is_decoder_only
 from ..tasks import task_of
 from .registry import Method, get_method
@@ -51,7 +51,7 @@ def head_pooling(cfg: RunConfig) -> Literal["cls", "mean"]:
     checkpoint whose sentence-transformers folder says it was trained that way, else the [CLS] pooler."""
     if cfg.pooling != "auto":
         return cfg.pooling
-    if trained_pooling(cfg.model) == "mean" and model_config(cfg.model).model_type == "bert":
+    if trained_pooling(cfg.model) == "mean" and model_config(cfg.model).model_type in MEAN_POOLING_TYPES:
         return "mean"
     return "cls"
 

@@ -17,7 +17,7 @@ from .registry import Method
 PEFT_PREFIX = "base_model.model."
 
 
-_LORA_FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
+_LORA_FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"], "mpnet": ["q", "v"]}  # peft's table lacks these
 
 
 def lora_targets(model: nn.Module) -> list[str]:

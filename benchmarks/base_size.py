@@ -1,0 +1,157 @@
+"""FedTT, FedTT+ and LoRA at the paper's base size: all-mpnet-base-v2 (MPNet, RoBERTa-base's shape: 768 wide,
+12 layers), 10 clients with Dirichlet(0.5) label skew, on SST-2, MRPC and STS-B.
+
+Every cell runs this project's ServerApp and ClientApp in-process (fedtt_flwr.inprocess: the code `flwr run` runs,
+without Ray's per-message cost on 2 cores). One JSON per finished cell goes to benchmarks/results/base_size/; a
+rerun skips finished cells, so an interrupted run resumes. ``--report`` writes the table and the plot (dev metric
+against cumulative uplink MB) into docs/results.md between its ``base-size`` markers.
+
+The budget (chosen so that one cell takes well under an hour on 2 CPU cores): 5 of the 10 clients per round,
+10 local steps of 16, 10 rounds; max-length 64 for SST-2, 128 for the sentence pairs; every method with the run
+config's defaults (lr 3e-3; FedTT's head on the mean token state, near-identity cores, LayerNorm gains).
+
+    HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.base_size > base_size.log 2>&1 &
+    .venv/bin/python -m benchmarks.base_size --list
+    .venv/bin/python -m benchmarks.base_size --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks._common import RESULTS
+
+OUT = RESULTS / "base_size"
+RUNS = RESULTS.parent / "out" / "base_size"
+MODEL = "mpnet-base"
+TASKS = ("sst2", "mrpc", "stsb")
+METHODS = ("fedtt", "lora", "fedtt+")
+CLIENTS, PER_ROUND = 10, 5
+COMMON = {"model": MODEL, "num-server-rounds": 10, "local-steps": 10, "batch-size": 16, "lr": 3e-3,
+          "partition": "dirichlet", "alpha": 0.5, "fraction-train": PER_ROUND / CLIENTS, "min-clients": PER_ROUND,
+          "eval-every": 1, "eval-batch-size": 64}
+MAX_LENGTH = {"sst2": 64, "mrpc": 128, "stsb": 128}
+
+
+def cells(seeds: tuple[int, ...] = (0, 1)) -> list[tuple[str, str, int]]:
+    """Priority order: every task and method with seed 0, then the second seed."""
+    return [(task, method, seed) for seed in seeds for task in TASKS for method in METHODS]
+
+
+def key(task: str, method: str, seed: int) -> str:
+    return f"{task}-{method.replace('+', 'plus')}-s{seed}"
+
+
+def run_cell(task: str, method: str, seed: int) -> dict:
+    from fedtt_flwr.data import default_data_dir
+    from fedtt_flwr.inprocess import run_inprocess
+
+    name = key(task, method, seed)
+    cfg = {**COMMON, "task": task, "method": method, "seed": seed, "max-length": MAX_LENGTH[task],
+           "run-name": name, "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
+    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted cell starts over
+    t0 = time.perf_counter()
+    run_inprocess(cfg, CLIENTS)
+    folder = RUNS / name
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    from fedtt_flwr.tasks import PRESETS
+
+    metrics = PRESETS[task].metrics
+    return {"task": task, "method": method, "seed": seed, "run_config": cfg, "clients": CLIENTS,
+            "trainable_params": json.loads((folder / "config.json").read_text())["travelling_params"],
+            "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
+            "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
+                      for x in lines],
+            "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
+            "command": f".venv/bin/python -m benchmarks.base_size --only {name}"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="cell keys, comma-separated (e.g. sst2-fedtt-s0)")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
+            if not args.only or key(*c) in args.only.split(",")]
+    if args.list:
+        for c in todo:
+            print(key(*c), "done" if (OUT / f"{key(*c)}.json").exists() else "todo")
+        return
+    if not args.report:
+        for c in todo:
+            path = OUT / f"{key(*c)}.json"
+            if path.exists():
+                continue
+            print(f"[base-size] {key(*c)}", flush=True)
+            result = run_cell(*c)
+            path.write_text(json.dumps(result, indent=1))
+            print(f"[base-size] {key(*c)} done in {result['wall_s']:.0f}s: {result['final']}", flush=True)
+    report()
+
+
+def report() -> None:
+    """The table (final dev metric, uplink MB per round and in total, the MB to LoRA's final level minus one point)
+    and the plot, from the finished cells."""
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    if not results:
+        print("no finished cells yet")
+        return
+    from fedtt_flwr.tasks import PRESETS
+
+    rows = ["| task | method | seed | final dev | uplink MB / round (5 clients) | uplink MB total "
+            "| MB to LoRA's final - 1 pt | wall |", "|---|---|---|---|---|---|---|---|"]
+    lora = {(r["task"], r["seed"]): r for r in results if r["method"] == "lora"}
+    for r in sorted(results, key=lambda r: (TASKS.index(r["task"]), r["seed"], METHODS.index(r["method"]))):
+        main_metric = PRESETS[r["task"]].metrics[0]
+        final = ", ".join(f"{m} {100 * v:.1f}" for m, v in r["final"].items() if v is not None and m != "mse")
+        to_level = ""
+        ref = lora.get((r["task"], r["seed"]))
+        if ref and ref["final"].get(main_metric) is not None:
+            level = ref["final"][main_metric] - 0.01
+            hit = next((p["mb_up"] for p in r["curve"] if p.get(main_metric, -1) >= level), None)
+            to_level = f"{hit:.2f}" if hit is not None else "not reached"
+        per_round = sum(r["bytes_up_per_round"]) / len(r["bytes_up_per_round"]) / 1e6
+        rows.append(f"| {r['task']} | {r['method']} | {r['seed']} | {final} | {per_round:.3f} | "
+                    f"{r['curve'][-1]['mb_up']:.2f} | {to_level} | {r['wall_s'] / 60:.0f} min |")
+    table = "\n".join(rows)
+    (OUT / "table.md").write_text(table + "\n")
+    _plot(results)
+    print(table)
+
+
+def _plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedtt_flwr.tasks import PRESETS
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
+    for ax, task in zip(axes, TASKS, strict=True):
+        metric = PRESETS[task].metrics[0]
+        for r in results:
+            if r["task"] != task:
+                continue
+            pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['method']} s{r['seed']}")
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("cumulative uplink MB")
+        ax.set_ylabel(f"dev {metric}")
+        ax.set_title(f"{task} (MPNet-base, 10 clients, Dir(0.5))")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(__file__).resolve().parents[1] / "docs" / "img" / "base_size.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
