@@ -376,3 +376,13 @@ def test_a_node_with_only_a_train_file_trains(tmp_path, tiny_model_dir, tiny_sst
     server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     lines = [json.loads(x) for x in (tmp_path / "own-files" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["replies"], x["errors"]) for x in lines[1:]] == [(2, 0), (2, 0)]
+
+
+def test_the_params_report_gives_a_real_runs_bytes(tmp_path, tiny_model_dir, tiny_sst2_dir, capsys):
+    """`fedtt-flwr params --train-layernorm auto` counts what a run with the defaults sends (packed, per client)."""
+    from fedtt_flwr.cli import main
+
+    _, _, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, **{"num-server-rounds": 1})
+    assert main(["params", "--model", str(tiny_model_dir), "--train-layernorm", "auto"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert lines[1]["bytes_up"] == lines[1]["replies"] * report["methods_packed"]["fedtt"]["bytes_up_per_round"]
