@@ -273,6 +273,9 @@ def _split_files(task: TaskSpec, split: str, source: DataSource) -> list[Path]:
         raise FileNotFoundError(f"task {task.name}: {split}-file {e}") from None
 
 
+_SAID: set[tuple[str, str, str]] = set()
+
+
 def read_examples(task: TaskSpec, split: str, source: DataSource) -> Examples:
     """Every row of one split, checked; what was skipped (blank lines, ``bad-rows = skip``) is printed once."""
     examples = Examples()
@@ -282,7 +285,10 @@ def read_examples(task: TaskSpec, split: str, source: DataSource) -> Examples:
         for path in _split_files(task, split, source):
             examples.read(task, read_records(path, task.fmt))
     for note in examples.notes(split):
-        print(f"[fedtt] task {task.name} {note}", flush=True)
+        said = (task.name, source.description, note)
+        if said not in _SAID:  # the same file is read again by the pre-start check and the apps: say it once
+            _SAID.add(said)
+            print(f"[fedtt] task {task.name} {note}", flush=True)
     if not examples.label:
         raise ValueError(f"task {task.name}: the {split} split has no rows ({source.description})")
     return examples
