@@ -86,8 +86,9 @@ class RunConfig(BaseModel):
     data_dir: str = Field("", description="absolute folder laid out like shared/data; empty: auto / hub")
     # your own data (task = "custom"; docs/data.md)
     task_name: str = Field("", description="custom: a name for the task in logs and run folders")
-    task_kind: Literal["auto", "classification", "regression", "multiple-choice"] = Field(
-        "auto", description="custom: what the label is (auto: classification)")
+    task_kind: Literal["auto", "classification", "regression", "multiple-choice", "generation"] = Field(
+        "auto", description="custom: what the label is (auto: multiple choice with choice-columns, else "
+                            "classification); generation: instruction tuning of a decoder (docs/instruction-tuning.md)")
     train_file: str = Field("", description="custom: a CSV/TSV/JSON/JSONL/Parquet file, a folder or a glob")
     dev_file: str = Field("", description="custom: the evaluation rows, the same way")
     data_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(

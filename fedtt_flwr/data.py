@@ -395,8 +395,16 @@ SCORE_BINS = 5
 
 
 def partition_view(dataset: Dataset, task: TaskSpec, spec: PartitionSpec) -> tuple[Dataset, PartitionSpec]:
-    """The dataset and spec a partitioner reads: a regression's label skew is over score bins (quantiles)."""
-    if task.kind != "regression" or spec.kind not in ("dirichlet", "pathological"):
+    """The dataset and spec a partitioner reads: skew over the partition column when there is one (Dirichlet over
+    instruction families), a regression's over score bins (quantiles), else over the labels."""
+    if spec.kind not in ("dirichlet", "pathological"):
+        return dataset, spec
+    if task.group:
+        return dataset, replace(spec, by="group")
+    if task.kind == "generation":
+        raise ValueError(f"partition = '{spec.kind}' needs a partition-column for instruction tuning (its responses "
+                         "are free text, not labels): e.g. a task or category column, or partition = 'iid'")
+    if task.kind != "regression":
         return dataset, spec
     scores = np.asarray(dataset["label"], dtype=np.float64)
     edges = np.quantile(scores, np.linspace(0, 1, SCORE_BINS + 1)[1:-1]) if len(scores) else []

@@ -10,6 +10,7 @@ row and the column.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -20,14 +21,19 @@ import numpy as np
 
 from .readers import FileFormat, Records, RowError
 
-Kind = Literal["classification", "regression", "multiple-choice"]
-KINDS: tuple[Kind, ...] = ("classification", "regression", "multiple-choice")
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "mse")
+Kind = Literal["classification", "regression", "multiple-choice", "generation"]
+KINDS: tuple[Kind, ...] = ("classification", "regression", "multiple-choice", "generation")
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "mse", "exact_match", "perplexity")
 DEFAULT_METRICS: dict[Kind, tuple[str, ...]] = {"classification": ("accuracy", "f1"),
                                                 "regression": ("pearson", "spearman", "mse"),
-                                                "multiple-choice": ("accuracy",)}
+                                                "multiple-choice": ("accuracy",),
+                                                "generation": ("exact_match", "perplexity")}
 _KIND_METRICS = {"classification": {"accuracy", "f1", "mcc"}, "regression": {"pearson", "spearman", "mse"},
-                 "multiple-choice": {"accuracy"}}
+                 "multiple-choice": {"accuracy"}, "generation": {"exact_match", "perplexity"}}
+#: instruction tuning: an Alpaca record's columns, and a chat record's
+ALPACA = ("instruction", "input", "output")
+MESSAGES = "messages"
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class TaskSpec:
                 raise ValueError(f"task {self.name}: multiple choice needs a context: text-columns names its column(s)")
         elif self.choices:
             raise ValueError(f"task {self.name}: choice-columns are for multiple choice; this task is a {self.kind}")
+        elif self.kind == "generation":
+            pass  # an Alpaca record (instruction [, input], output) or a chat record (messages): checked per row
         elif not 1 <= len(self.text) <= (3 if self.render else 2):
             raise ValueError(f"task {self.name}: text-columns must name 1 column or 2 (a pair), got {list(self.text)}")
         if self.labels is not None and self.kind != "classification":
@@ -102,6 +110,11 @@ class TaskSpec:
     @property
     def columns(self) -> tuple[str, ...]:
         return (*self.text, *self.choices, self.label, *((self.group,) if self.group else ()))
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The columns every row must have (instruction tuning: checked row by row, its two formats differ)."""
+        return ((self.group,) if self.group else ()) if self.kind == "generation" else self.columns
 
 
 # --- reading records into examples ------------------------------------------------------------------------
@@ -157,6 +170,33 @@ def _wic(texts: list[str], where: str, spec: TaskSpec) -> tuple[str, str]:
 RENDERS: dict[str, Callable[[list[str], str, TaskSpec], tuple[str, str]]] = {"copa": _copa, "wic": _wic}
 
 
+def _instruction(spec: TaskSpec, record: dict, at: str) -> tuple[list[dict], str]:
+    """An instruction-tuning row as (the prompt's messages, the response): a chat record's messages up to the last
+    one, which must be the assistant's; or an Alpaca record's instruction (and input) as one user message."""
+    if MESSAGES in record and spec.text[0] not in record:
+        messages = record[MESSAGES]
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise RowError(f"{at}, column '{MESSAGES}': expected a list of at least two messages (a question and "
+                           f"the answer), got {type(messages).__name__}")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise RowError(f"{at}, column '{MESSAGES}': message {i} must be {{'role': one of {', '.join(ROLES)}, "
+                               f"'content': text}}, got {m!r}"[:300])
+        if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+            raise RowError(f"{at}, column '{MESSAGES}': the last message must be the assistant's answer, not empty")
+        return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
+    missing = [c for c in (spec.text[0], spec.label) if c not in record]
+    if missing:
+        raise RowError(f"{at}: no column '{missing[0]}' (an instruction record has {', '.join(ALPACA)} or "
+                       f"'{MESSAGES}'; this one has {', '.join(map(str, record)) or 'none'})")
+    instruction = _text(record[spec.text[0]], at, spec.text[0])
+    extra = record.get(spec.text[1]) if len(spec.text) > 1 else None
+    if extra is not None and not isinstance(extra, str):
+        raise RowError(f"{at}, column '{spec.text[1]}': expected text, got {type(extra).__name__} {extra!r}")
+    user = instruction.strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
+    return [{"role": "user", "content": user}], _text(record[spec.label], at, spec.label)
+
+
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
 
@@ -176,9 +216,13 @@ class Examples:
 
     def add(self, spec: TaskSpec, path: str, where: str, record: dict) -> None:
         at = f"{path} {where}"
-        missing = [c for c in spec.columns if c not in record]
+        missing = [c for c in spec.required if c not in record]
         if missing:
             raise RowError(f"{at}: no column '{missing[0]}' (the record has {', '.join(map(str, record)) or 'none'})")
+        if spec.kind == "generation":
+            prompt, response = _instruction(spec, record, at)
+            self._append(json.dumps(prompt, ensure_ascii=False), "", [], response, spec, record, at, path, where)
+            return
         texts = [_text(record[c], at, c) for c in spec.text]
         if spec.render:
             a, b = RENDERS[spec.render](texts, at, spec)
@@ -202,6 +246,10 @@ class Examples:
         choices = [_text(record[c], at, c) for c in spec.choices]
         if spec.render == "copa":
             choices = [_lower_first(c.strip()) for c in choices]
+        self._append(a, b, choices, label, spec, record, at, path, where)
+
+    def _append(self, a: str, b: str, choices: list[str], label, spec: TaskSpec, record: dict, at: str, path: str,
+                where: str) -> None:
         group = label_text(record[spec.group]) if spec.group else ""
         if group is None:
             raise RowError(f"{at}, column '{spec.group}': expected a value to partition by, got {record[spec.group]!r}")
@@ -215,7 +263,7 @@ class Examples:
     def read(self, spec: TaskSpec, records: Records) -> None:
         """Every record of one file; a missing column is found from the header before any row is read."""
         if records.columns is not None:
-            missing = [c for c in spec.columns if c not in records.columns]
+            missing = [c for c in spec.required if c not in records.columns]
             if missing:
                 raise ValueError(f"{records.path}: no column '{missing[0]}' (columns: {', '.join(records.columns)})")
         for where, record in records.rows:
@@ -370,10 +418,13 @@ def task_of(cfg) -> TaskSpec:
         bad_rows = spec.bad_rows if cfg.bad_rows == "auto" else cfg.bad_rows
         return replace(spec, group=cfg.partition_column, bad_rows=bad_rows)
     files = tuple((split, path) for split, path in (("train", cfg.train_file), ("dev", cfg.dev_file)) if path)
+    kind = cfg.task_kind if cfg.task_kind != "auto" else "multiple-choice" if cfg.choice_columns else "classification"
+    text, label = _names(cfg.text_columns), cfg.label_column
+    if kind == "generation":  # an Alpaca record's columns unless named otherwise (a chat record: 'messages')
+        text = text if cfg.text_columns != "text" else ALPACA[:2]
+        label = label if cfg.label_column != "label" else ALPACA[2]
     return TaskSpec(
-        cfg.task_name or CUSTOM,
-        cfg.task_kind if cfg.task_kind != "auto" else "multiple-choice" if cfg.choice_columns else "classification",
-        _names(cfg.text_columns), cfg.label_column, choices=_names(cfg.choice_columns),
+        cfg.task_name or CUSTOM, kind, text, label, choices=_names(cfg.choice_columns),
         labels=_names(cfg.labels) or None, metrics=_names(cfg.metrics), files=files,
         fmt=FileFormat(None if cfg.data_format == "auto" else cfg.data_format),
         hub=(cfg.hub_dataset, cfg.hub_config) if cfg.hub_dataset else None,

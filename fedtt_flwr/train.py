@@ -21,6 +21,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .data import compute_metrics
 from .prompts import ChoicePromptCollator, PromptCollator, encode_choice_prompts, encode_prompts
+from .sft import SFTCollator, encode_sft, evaluate_generation, is_sft
 from .tasks import TaskSpec
 
 
@@ -50,6 +51,8 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: i
     column): a pair per candidate (encoders), or the context and each candidate's tokens (decoders)."""
     extra = [c for c in dataset.column_names if c not in ("text_a", "text_b", "label", "choices")]
     dataset = dataset.remove_columns(extra)  # partition columns: the model reads none of them
+    if dataset.features["label"].dtype == "string":  # instruction tuning: the label is the response
+        return encode_sft(dataset, tokenizer, max_length)
     if "choices" in dataset.column_names:
         if prompt_task is not None:
             return encode_choice_prompts(dataset, tokenizer, max_length)
@@ -92,7 +95,9 @@ def make_loader(
     """Batches padded to the longest sequence in the batch (not to ``max_length``: much faster on CPU);
     with ``prompt_task``, prompts left-padded (they all end where the answers begin)."""
     generator = torch.Generator().manual_seed(seed)
-    if "choice_ids" in dataset.column_names:
+    if is_sft(dataset):
+        collate = SFTCollator(tokenizer, generation=not shuffle)  # evaluation loaders also generate answers
+    elif "choice_ids" in dataset.column_names:
         collate = ChoicePromptCollator(tokenizer)
     elif _nested(dataset):
         collate = ChoiceCollator(tokenizer)
@@ -196,7 +201,10 @@ def evaluate(
     model: nn.Module, loader: DataLoader, task: str | TaskSpec, device: torch.device,
     amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:
-    """Task metrics (and mean loss) on a labelled loader: the predicted class or candidate, or the score."""
+    """Task metrics (and mean loss) on a labelled loader: the predicted class or candidate, or the score; for
+    instruction tuning the responses' loss, perplexity and exact match (:func:`fedtt_flwr.sft.evaluate_generation`)."""
+    if isinstance(loader.collate_fn, SFTCollator):
+        return evaluate_generation(model, loader, device)
     regression = getattr(task, "kind", None) == "regression"
     model.eval()
     preds, labels, losses = [], [], []

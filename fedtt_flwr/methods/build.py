@@ -31,9 +31,17 @@ def prompt_task(cfg: RunConfig) -> str | None:
     """The task name when the run scores answers with a causal LM (``task-format``; ``auto``: decoder-only
     architectures, for multiple choice and for the presets with a prompt template), else None (a head: a
     classifier, a regression output, or an encoder's multiple-choice scorer)."""
-    if cfg.task_format == "classifier" or (cfg.task_format == "auto" and not is_decoder_only(_model_type(cfg.model))):
+    decoder = is_decoder_only(_model_type(cfg.model))
+    if task_of(cfg).kind == "generation":
+        if not decoder:
+            raise ValueError(f"task-kind = 'generation' trains a decoder LM to answer; {cfg.model} is not one (use a "
+                             "LLaMA-family model, e.g. smollm2-135m)")
+        return cfg.task
+    if cfg.task_format == "classifier" or (cfg.task_format == "auto" and not decoder):
         return None
     spec = task_of(cfg)
+    if spec.kind == "generation":
+        return cfg.task
     if spec.kind == "regression":
         if cfg.task_format == "prompt":
             raise ValueError(f"task {spec.name} is a regression: its score comes from a head, not a prompt (use "
@@ -111,14 +119,16 @@ def build_model(cfg: RunConfig, resolved: Resolved | None = None) -> tuple[nn.Mo
             raise ValueError(f"pooling = 'mean' is for a classification head; {cfg.model} scores prompt answers "
                              f"with its LM head (task-format = '{cfg.task_format}'): use pooling = 'auto', or "
                              f"task-format = 'classifier' for a head")
-        prompt = None if spec.kind == "multiple-choice" else get_prompt(cfg.task)  # no template: stop before loading
+        prompt = None if spec.kind in ("multiple-choice", "generation") else get_prompt(cfg.task)  # no template: stop
         hf, tokenizer = load_model(cfg.model, "causal-lm", dtype=cfg.dtype)
-        if prompt is None:
+        if spec.kind == "generation":
+            model = hf  # instruction tuning: the LM itself, its head frozen; loss on the responses
+        elif prompt is None:
             model = ChoiceScorer(hf, len(spec.choices))
         else:
             model = CandidateScorer(hf, choice_ids(tokenizer, prompt))
-        model.fedtt_source = {**hf.fedtt_source, "prompt_task": cfg.task, "num_labels": labels,
-                              "num_choices": len(spec.choices)}
+        model.fedtt_source = {**hf.fedtt_source, "num_labels": labels, "num_choices": len(spec.choices),
+                              **({"generation": True} if spec.kind == "generation" else {"prompt_task": cfg.task})}
     else:
         if spec.kind == "multiple-choice" and is_decoder_only(_model_type(cfg.model)):
             raise ValueError(f"multiple choice on the decoder {cfg.model} scores each candidate with its LM head: use "

@@ -1,0 +1,143 @@
+"""Instruction tuning (task-kind = generation): the two record formats, prompts with and without a chat template,
+loss on the response tokens only, evaluation, and a federated run through the apps."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from fedtt_flwr.config import RunConfig
+from fedtt_flwr.data import load_split
+from fedtt_flwr.sft import PLAIN_TEMPLATE, SFTCollator, encode_sft, normalize, prompt_ids
+from fedtt_flwr.tasks import task_of
+
+RECORDS = [{"instruction": "Is it great", "input": "the movie was great", "output": "Yes"},
+           {"instruction": "Is it terrible", "output": "No"},
+           {"messages": [{"role": "system", "content": "Yes or No"}, {"role": "user", "content": "was it great"},
+                         {"role": "assistant", "content": "Yes"}]}]
+
+
+def _task(path, **keys) -> RunConfig:
+    return RunConfig(task="custom", task_kind="generation", train_file=str(path), dev_file=str(path), **keys)
+
+
+@pytest.fixture
+def records(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return path
+
+
+def test_alpaca_and_chat_records_become_prompts_and_responses(records):
+    ds = load_split(task_of(_task(records)), "train")
+    assert [json.loads(p) for p in ds["text_a"]] == [
+        [{"role": "user", "content": "Is it great\n\nthe movie was great"}],
+        [{"role": "user", "content": "Is it terrible"}],
+        RECORDS[2]["messages"][:2]]
+    assert ds["label"] == ["Yes", "No", "Yes"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"instruction": "x", "output": "  "}, r"line 1, column 'output': empty text"),
+    ({"instruction": "x"}, r"line 1: no column 'output' \(an instruction record has instruction, input, output or "
+                           r"'messages'"),
+    ({"instruction": "x", "input": 3, "output": "y"}, r"line 1, column 'input': expected text, got int 3"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, r"line 1, column 'messages': expected a list of at least two"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
+     r"line 1, column 'messages': message 1 must be"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+     r"line 1, column 'messages': the last message must be the assistant's answer, not empty"),
+], ids=["empty-output", "missing-output", "input-not-text", "one-message", "bad-role", "empty-answer"])
+def test_a_bad_record_names_the_file_row_and_column(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(content) + "\n")
+    with pytest.raises(ValueError, match="^" + re.escape(str(path)) + " " + message):
+        load_split(task_of(_task(path)), "train")
+
+
+def test_prompts_use_the_chat_template_or_the_plain_one(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    messages = [{"role": "user", "content": "was it great"}]
+    assert not tok.chat_template
+    plain = PLAIN_TEMPLATE["user"].format(content="was it great") + "### Response:\n"
+    assert prompt_ids(messages, tok) == tok(plain)["input_ids"]
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}<assistant> {% endif %}")
+    assert prompt_ids(messages, tok) == tok("<user> was it great <assistant> ", add_special_tokens=False)["input_ids"]
+
+
+def test_only_response_tokens_carry_loss(records, tiny_llama_dir):
+    """The model's loss on a batch equals a hand computation over the response tokens alone."""
+    from fedtt_flwr.methods.build import build_model, prompt_task
+    from fedtt_flwr.train import make_loader, tokenize
+
+    cfg = _task(records, model=str(tiny_llama_dir))
+    model, tok = build_model(cfg)
+    data = tokenize(load_split(task_of(cfg), "train"), tok, 64, prompt_task(cfg))
+    for row in data:  # the prompt is masked, the answer (and the end-of-sequence token) is not
+        n = row["prompt_len"]
+        assert row["labels"][:n] == [-100] * n and row["labels"][n:] == row["input_ids"][n:]
+        assert row["input_ids"][-1] == tok.eos_token_id
+    batch = next(iter(make_loader(data, tok, 3, shuffle=True, prompt_task=prompt_task(cfg))))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}  # training batches: nothing else
+    model.eval()
+    with torch.no_grad():
+        loss = model(**batch).loss
+        logp = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    terms = [-logp[b, t - 1, batch["labels"][b, t]].item() for b in range(3) for t in range(1, batch["labels"].shape[1])
+             if batch["labels"][b, t] != -100]
+    assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
+    assert len(terms) == sum(len(r["labels"]) - r["prompt_len"] for r in data)
+
+
+def test_truncation_keeps_the_answer_and_the_prompts_end(tiny_llama_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    long = " ".join(["great"] * 50)
+    ds = Dataset.from_dict({"text_a": [json.dumps([{"role": "user", "content": long + " Yes"}])], "label": ["No"]})
+    row = encode_sft(ds, tok, 16)[0]
+    assert len(row["input_ids"]) == 16 and row["input_ids"][0] == tok.bos_token_id
+    assert row["labels"][-2:] == row["input_ids"][-2:] and row["labels"][-1] == tok.eos_token_id
+    assert row["input_ids"][row["prompt_len"] - 2] != tok.convert_tokens_to_ids("great")  # the prompt's end kept
+
+
+def test_evaluation_scores_exact_match_on_short_answers(records, tiny_llama_dir):
+    from fedtt_flwr.methods.build import build_model, prompt_task
+    from fedtt_flwr.train import evaluate, make_loader, tokenize
+
+    cfg = _task(records, model=str(tiny_llama_dir))
+    model, tok = build_model(cfg)
+    data = tokenize(load_split(task_of(cfg), "dev"), tok, 64, prompt_task(cfg))
+    loader = make_loader(data, tok, 2, shuffle=False, prompt_task=prompt_task(cfg))
+    assert isinstance(loader.collate_fn, SFTCollator) and loader.collate_fn.generation
+    metrics = evaluate(model, loader, task_of(cfg), torch.device("cpu"))
+    assert metrics["em_examples"] == 3 and 0 <= metrics["exact_match"] <= 1
+    assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]))
+    assert normalize("  The Yes!") == normalize("yes") == "yes"
+
+
+def test_instruction_tuning_federates_with_every_tt_method(tmp_path, tiny_llama_dir):
+    from test_app_inprocess import run_app
+
+    from fedtt_flwr import client as client_module
+
+    path = tmp_path / "mix.jsonl"
+    rows = [{"instruction": f"Is it {w}", "output": "Yes" if w in ("great", "good") else "No", "family": f}
+            for f in ("a", "b", "c") for w in ("great", "terrible", "good", "bad")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
+    for method in ("fedtt", "fedtt+", "lora"):
+        client_module._session.cache_clear()
+        keys = {"task": "custom", "task-kind": "generation", "train-file": str(path), "dev-file": str(path),
+                "method": method, "partition": "dirichlet", "partition-column": "family", "max-length": 32}
+        _, _, lines = run_app(tmp_path / method, tiny_llama_dir, tmp_path, **keys)
+        assert [x["round"] for x in lines] == [0, 1, 2]
+        assert all(x["replies"] == 3 and x["errors"] == 0 for x in lines[1:])
+        assert all(np.isfinite(x["perplexity"]) and 0 <= x["exact_match"] <= 1 for x in lines)
