@@ -83,3 +83,23 @@ def load_adapted_model(
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def load_run(folder: str | os.PathLike, device: str | None = None):
+    """A finished run's model, rebuilt from its folder: the run config in ``config.json`` (every method: TT, LoRA,
+    ...), the trained tensors from ``adapter.safetensors``. Returns ``(model, tokenizer, cfg)``."""
+    from .config import RunConfig
+    from .methods.build import build_model
+
+    folder = Path(folder)
+    config_file, adapter_file = folder / "config.json", folder / "adapter.safetensors"
+    for path in (config_file, adapter_file):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a finished run folder: no {path.name}")
+    cfg = RunConfig.from_flower(json.loads(config_file.read_text())["run_config"])
+    model, tokenizer = build_model(cfg)
+    state, _, _ = read_adapter(adapter_file)
+    set_adapter_state(model, {n: t.numpy() for n, t in state.items()})
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer, cfg

@@ -30,6 +30,30 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    """Answers from an instruction-tuned run's model (or, with ``--base``, its base model), greedy, one per prompt."""
+    import torch
+
+    from .checkpoint import load_run
+    from .models import load_model
+    from .sft import generate_answers, prompt_ids
+    from .tasks import task_of
+
+    model, tokenizer, cfg = load_run(args.run)
+    if task_of(cfg).kind != "generation":
+        raise ValueError(f"{args.run} is a {task_of(cfg).kind} run; generate answers prompts with an instruction-tuned "
+                         "run (task-kind = generation)")
+    if args.base:
+        model, tokenizer = load_model(cfg.model, "causal-lm")
+        model.eval()
+    prompts = args.prompt or [line.strip() for line in sys.stdin if line.strip()]
+    for text in prompts:
+        ids = torch.tensor([prompt_ids([{"role": "user", "content": text}], tokenizer)])
+        answer = generate_answers(model, tokenizer, ids, torch.ones_like(ids), args.max_new_tokens)[0]
+        print(json.dumps({"prompt": text, "answer": answer.strip()}, ensure_ascii=False), flush=True)
+    return 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     from .centralized import FinetuneConfig, finetune
 
@@ -275,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--train-size, --epochs and --warmup; values as in --set (TOML, or a bare word).")
     _config_options(f)
     f.set_defaults(func=_finetune)
+
+    g = sub.add_parser("generate", help="answer prompts with an instruction-tuned run's model (its run folder)")
+    g.add_argument("--run", required=True, help="the run folder (config.json and adapter.safetensors)")
+    g.add_argument("prompt", nargs="*", help="prompts, each one user message; none: one per line from stdin")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--base", action="store_true", help="the base model without the run's adapters, to compare")
+    g.set_defaults(func=_generate)
 
     s = sub.add_parser("simulate", help="federated run: Flower's Ray simulation engine through `flwr run`")
     s.add_argument("--num-clients", type=int, default=10, help="simulated SuperNodes (one data partition each)")

@@ -141,3 +141,31 @@ def test_instruction_tuning_federates_with_every_tt_method(tmp_path, tiny_llama_
         assert [x["round"] for x in lines] == [0, 1, 2]
         assert all(x["replies"] == 3 and x["errors"] == 0 for x in lines[1:])
         assert all(np.isfinite(x["perplexity"]) and 0 <= x["exact_match"] <= 1 for x in lines)
+
+
+def test_a_saved_run_reproduces_the_servers_evaluation_and_answers_prompts(tmp_path, tiny_llama_dir, capsys):
+    from test_app_inprocess import run_app
+
+    from fedtt_flwr import client as client_module
+    from fedtt_flwr.checkpoint import load_run
+    from fedtt_flwr.cli import main
+    from fedtt_flwr.methods.build import prompt_task
+    from fedtt_flwr.train import evaluate, make_loader, tokenize
+
+    client_module._session.cache_clear()
+    path = tmp_path / "mix.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Is it {w}", "output": "Yes" if w == "great" else "No"}) +
+                            "\n" for w in ("great", "terrible", "bad") * 6))
+    keys = {"task": "custom", "task-kind": "generation", "train-file": str(path), "dev-file": str(path),
+            "partition": "iid", "max-length": 32, "lr": 0.05}
+    _, folder, lines = run_app(tmp_path, tiny_llama_dir, tmp_path, **keys)
+    model, tokenizer, cfg = load_run(folder)
+    data = tokenize(load_split(task_of(cfg), "dev"), tokenizer, cfg.max_length, prompt_task(cfg))
+    again = evaluate(model, make_loader(data, tokenizer, cfg.eval_batch_size, shuffle=False, prompt_task="x"),
+                     task_of(cfg), torch.device("cpu"))
+    assert again["exact_match"] == lines[-1]["exact_match"]
+    assert again["perplexity"] == pytest.approx(lines[-1]["perplexity"], rel=1e-5)
+    assert main(["generate", "--run", str(folder), "Is it great", "Is it bad"]) == 0
+    answers = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [a["prompt"] for a in answers] == ["Is it great", "Is it bad"]
+    assert all(isinstance(a["answer"], str) for a in answers)
