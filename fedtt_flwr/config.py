@@ -141,6 +141,8 @@ class RunConfig(BaseModel):
                                                  "header): same numbers, fewer bytes")
     lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on LoRA's input (FlowerTune LLM's setting: "
+                                                             "lora-rank 32, lora-alpha 64, lora-dropout 0.075)")
     # federation
     num_server_rounds: int = Field(3, ge=1)
     fraction_train: float = Field(1.0, gt=0, le=1)

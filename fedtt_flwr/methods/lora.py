@@ -32,7 +32,8 @@ def lora_targets(model: nn.Module) -> list[str]:
 
 
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: bool = False,
-             train_head: bool = True, train_layernorm: bool | str = False, local_b: bool = False) -> nn.Module:
+             train_head: bool = True, train_layernorm: bool | str = False, local_b: bool = False,
+             dropout: float = 0.0) -> nn.Module:
     """Wrap ``model`` with peft LoRA on its query/value projections (peft's default targets), freeze the
     backbone, and record the travelling tensors (A unless ``freeze_a``, B unless ``local_b``, the head, the norms
     chosen by ``train_layernorm`` as for TT adapters) like :func:`add_tt_adapters` does, so
@@ -42,7 +43,8 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: boo
 
     head = set(head_param_names(model)) if train_head else set()
     head |= norm_param_names(model, train_layernorm)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(model), lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(model), lora_dropout=dropout,
+                        bias="none")
     wrapped = get_peft_model(model, config)
     travelling, local = [], []
     for name, p in wrapped.named_parameters():
@@ -60,7 +62,7 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: boo
 def inject(freeze_a: bool = False, local_b: bool = False):
     def add(model, cfg, resolved):
         return add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=freeze_a,
-                        train_layernorm=resolved.train_layernorm, local_b=local_b)
+                        train_layernorm=resolved.train_layernorm, local_b=local_b, dropout=cfg.lora_dropout)
     return add
 
 
