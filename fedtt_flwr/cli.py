@@ -54,6 +54,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instructions(args: argparse.Namespace) -> int:
+    from .instructions import write
+
+    for path in write(args.out, args.data_dir, args.per_family, args.dev_per_family, args.seed):
+        print(path)
+    return 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     from .centralized import FinetuneConfig, finetune
 
@@ -306,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--base", action="store_true", help="the base model without the run's adapters, to compare")
     g.set_defaults(func=_generate)
+
+    i = sub.add_parser("instructions", help="write the FLAN-style instruction mix (six task families) from a GLUE/"
+                                            "SuperGLUE data folder, for task-kind = generation")
+    i.add_argument("--out", required=True, help="folder for train.jsonl and dev.jsonl")
+    i.add_argument("--data-dir", help="the GLUE/SuperGLUE folder (default: $FEDTT_DATA_DIR, ../shared/data, the hub)")
+    i.add_argument("--per-family", type=int, default=600, help="training rows per task family")
+    i.add_argument("--dev-per-family", type=int, default=60, help="held-out rows per task family")
+    i.add_argument("--seed", type=int, default=0)
+    i.set_defaults(func=_instructions)
 
     s = sub.add_parser("simulate", help="federated run: Flower's Ray simulation engine through `flwr run`")
     s.add_argument("--num-clients", type=int, default=10, help="simulated SuperNodes (one data partition each)")

@@ -169,3 +169,16 @@ def test_a_saved_run_reproduces_the_servers_evaluation_and_answers_prompts(tmp_p
     answers = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [a["prompt"] for a in answers] == ["Is it great", "Is it bad"]
     assert all(isinstance(a["answer"], str) for a in answers)
+
+
+def test_the_instruction_mix_is_built_from_the_data_folder_deterministically(shared_data, tmp_path):
+    from fedtt_flwr.instructions import FAMILIES, build, write
+
+    mix = build(str(shared_data), per_family=12, dev_per_family=4, seed=3)
+    assert build(str(shared_data), per_family=12, dev_per_family=4, seed=3) == mix
+    assert build(str(shared_data), per_family=12, dev_per_family=4, seed=4) != mix
+    assert {r["family"] for r in mix["train"]} == {f.name for f in FAMILIES} and len(mix["train"]) == 72
+    assert {r["output"] for r in mix["train"]} <= {"positive", "negative", "yes", "no", "maybe", "first", "second"}
+    paths = write(tmp_path, str(shared_data), per_family=12, dev_per_family=4, seed=3)
+    ds = load_split(task_of(_task(paths[0], partition_column="family")), "train")
+    assert len(ds) == 72 and set(ds["group"]) == {f.name for f in FAMILIES}
