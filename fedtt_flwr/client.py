@@ -117,6 +117,8 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
         spec = PartitionSpec("iid", num_partitions, seed=cfg.seed)
     check_partition_id(spec, partition_id)
     part = load_partition(_partitioner(task_of(cfg), cfg.data_dir, split, spec), spec, partition_id)
+    if split == "dev" and cfg.eval_examples:  # this node's share of the evaluated rows
+        part = part.select(range(min(len(part), -(-cfg.eval_examples // num_partitions))))
     return tokenize(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 

@@ -187,6 +187,8 @@ class RunConfig(BaseModel):
     central_eval: bool = True
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(128, ge=1)
+    eval_examples: int = Field(0, ge=0, description="evaluate on at most this many dev rows (the first, in file "
+                                                    "order; each node its share of them); 0: all")
     # local differential privacy (fedtt_flwr.privacy)
     dp: Literal["off", "sigma", "epsilon"] = Field(
         "off", description="DP-SGD on the clients: off; sigma: dp-noise-multiplier as given; epsilon: the noise "
@@ -315,7 +317,7 @@ TRAINING_KEYS = frozenset({
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
-    "eval_every", "eval_batch_size", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon", "dp_delta",
+    "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon", "dp_delta",
     "output_dir", "run_name", "resume"})
 
 

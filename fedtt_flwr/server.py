@@ -275,6 +275,8 @@ class CentralEval:
         self.task = task_of(cfg)
         self.on = cfg.central_eval and not resolved.method.personal
         dev, self.note = load_dev(self.task, cfg.data_dir or None) if self.on else (None, None)
+        if dev is not None and cfg.eval_examples:
+            dev = dev.select(range(min(cfg.eval_examples, len(dev))))
         self.loader = None if dev is None else make_loader(
             tokenize(dev, tokenizer, cfg.max_length, self.prompts), tokenizer, cfg.eval_batch_size, False,
             prompt_task=self.prompts)

@@ -182,3 +182,20 @@ def test_the_instruction_mix_is_built_from_the_data_folder_deterministically(sha
     paths = write(tmp_path, str(shared_data), per_family=12, dev_per_family=4, seed=3)
     ds = load_split(task_of(_task(paths[0], partition_column="family")), "train")
     assert len(ds) == 72 and set(ds["group"]) == {f.name for f in FAMILIES}
+
+
+def test_eval_examples_bounds_the_evaluated_rows(tmp_path, tiny_llama_dir):
+    from test_app_inprocess import run_app
+
+    from fedtt_flwr import client as client_module
+
+    client_module._session.cache_clear()
+    path = tmp_path / "mix.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Is it {w}", "output": "Yes"}) + "\n"
+                            for w in ("great", "terrible", "bad") * 6))
+    keys = {"task": "custom", "task-kind": "generation", "train-file": str(path), "dev-file": str(path),
+            "partition": "iid", "max-length": 32, "eval-examples": 5, "fraction-evaluate": 1.0,
+            "num-server-rounds": 1}
+    _, _, lines = run_app(tmp_path, tiny_llama_dir, tmp_path, **keys)
+    assert lines[-1]["em_examples"] == 5  # the server: the first 5 dev rows
+    assert lines[-1]["fed_em_examples"] == 2  # each node: ceil(5 / 3) of its shard (a weighted mean over nodes)
