@@ -317,8 +317,8 @@ TRAINING_KEYS = frozenset({
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
-    "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon", "dp_delta",
-    "output_dir", "run_name", "resume"})
+    "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon",
+    "dp_delta", "output_dir", "run_name", "resume"})
 
 
 def model_key(cfg: RunConfig) -> tuple:
