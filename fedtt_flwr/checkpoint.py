@@ -96,7 +96,17 @@ def load_run(folder: str | os.PathLike, device: str | None = None):
     for path in (config_file, adapter_file):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a finished run folder: no {path.name}")
-    cfg = RunConfig.from_flower(json.loads(config_file.read_text())["run_config"])
+    saved = json.loads(config_file.read_text())["run_config"]
+    known = {RunConfig.model_fields[k].alias or k for k in RunConfig.model_fields}
+    dropped = sorted(set(saved) - known)
+    if dropped:  # a key this version no longer has: it cannot change the model this version builds
+        print(f"[fedtt] {folder}: run-config keys this version does not know, ignored: {', '.join(dropped)}")
+    cfg = RunConfig.from_flower({k: v for k, v in saved.items() if k in known})
+    from .methods.registry import get_method
+
+    if get_method(cfg.method).personal:
+        raise ValueError(f"{folder} is a {cfg.method} run: part of its model (each node's own tensors) stayed on the "
+                         "nodes and is not in adapter.safetensors, so the server's file alone is not a model")
     model, tokenizer = build_model(cfg)
     state, _, _ = read_adapter(adapter_file)
     set_adapter_state(model, {n: t.numpy() for n, t in state.items()})

@@ -187,8 +187,8 @@ class RunConfig(BaseModel):
     central_eval: bool = True
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(128, ge=1)
-    eval_examples: int = Field(0, ge=0, description="evaluate on at most this many dev rows (the first, in file "
-                                                    "order; each node its share of them); 0: all")
+    eval_examples: int = Field(0, ge=0, description="evaluate on at most this many dev rows: the server its first "
+                                                    "N, each node ceil(N / nodes) of its own shard; 0: all")
     # local differential privacy (fedtt_flwr.privacy)
     dp: Literal["off", "sigma", "epsilon"] = Field(
         "off", description="DP-SGD on the clients: off; sigma: dp-noise-multiplier as given; epsilon: the noise "

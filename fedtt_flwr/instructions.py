@@ -25,8 +25,11 @@ class Family:
 
     name: str
     tasks: tuple[str, ...]
-    templates: tuple[str, ...]
+    templates: tuple[str, ...] | dict[str, tuple[str, ...]]  # one set, or one per task
     render: Callable[[str, dict], tuple[str, str]]  # (task, example) -> (input, answer)
+
+    def template(self, task: str, rng: random.Random) -> str:
+        return rng.choice(self.templates[task] if isinstance(self.templates, dict) else self.templates)
 
 
 def _yes_no(task: str, ex: dict) -> str:
@@ -49,9 +52,11 @@ FAMILIES = (
         "Do the two sentences mean the same thing? Answer yes or no.",
         "Is the second sentence a paraphrase of the first? Answer yes or no."),
         lambda task, ex: (f"Sentence 1: {ex['text_a']}\nSentence 2: {ex['text_b']}", _yes_no(task, ex))),
-    Family("entailment", ("rte", "cb"), (
-        "Does the premise imply the hypothesis? Answer yes or no (or maybe, if it cannot be told).",
-        "Read the premise. Is the hypothesis true? Answer yes, no or maybe."),
+    Family("entailment", ("rte", "cb"), {  # RTE is two-way (entailed or not), CB three-way
+        "rte": ("Does the premise imply the hypothesis? Answer yes or no.",
+                "Read the premise. Must the hypothesis be true? Answer yes or no."),
+        "cb": ("Does the premise imply the hypothesis? Answer yes, no, or maybe if it cannot be told.",
+               "Read the premise. Is the hypothesis true? Answer yes, no or maybe.")},
         _pair),
     Family("acceptability", ("cola",), (
         "Is this sentence grammatically acceptable English? Answer yes or no.",
@@ -83,7 +88,7 @@ def build(data_dir: str | None, per_family: int, dev_per_family: int, seed: int)
                 take = min(len(part), budget // len(family.tasks))
                 for i in rng.sample(range(len(part)), take):
                     text, answer = family.render(task, part[i])
-                    rows.append({"instruction": rng.choice(family.templates), "input": text, "output": answer,
+                    rows.append({"instruction": family.template(task, rng), "input": text, "output": answer,
                                  "family": family.name, "task": task})
             out[split] += rows
     for rows in out.values():

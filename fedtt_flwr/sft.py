@@ -46,22 +46,38 @@ def response_ids(response: str, tokenizer: PreTrainedTokenizerBase) -> list[int]
     return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
+def fit_prompt(messages: list[dict], tokenizer: PreTrainedTokenizerBase, budget: int) -> list[int]:
+    """The prompt's ids in at most ``budget`` tokens: the middle of its longest message goes (an instruction sits at
+    its start, a question at its end), then the template is applied again, so its markers stay whole."""
+    ids = prompt_ids(messages, tokenizer)
+    for _ in range(4):
+        excess = len(ids) - budget
+        if excess <= 0:
+            return ids
+        i = max(range(len(messages)), key=lambda k: len(messages[k]["content"]))
+        tokens = tokenizer(messages[i]["content"], add_special_tokens=False)["input_ids"]
+        kept = max(len(tokens) - excess - 4, 0)  # a few spare: the joint " ... " and re-tokenization
+        head = min(kept // 3, 32)
+        content = (tokenizer.decode(tokens[:head]) + " ... " + tokenizer.decode(tokens[len(tokens) - (kept - head):])
+                   if kept > 0 else "")
+        messages = [*messages[:i], {**messages[i], "content": content}, *messages[i + 1:]]
+        ids = prompt_ids(messages, tokenizer)
+    return ids[len(ids) - budget:]  # the template alone is longer than the budget: its end, where the answer starts
+
+
 def encode_sft(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
     """``input_ids`` (prompt + response), ``labels`` (-100 on the prompt: only the response carries loss) and
-    ``prompt_len``. Too long: the response keeps up to half of ``max_length`` (its end is cut), the prompt keeps its
-    end (a leading BOS stays)."""
-    bos = tokenizer.bos_token_id
+    ``prompt_len``. Too long: the response keeps up to half of ``max_length`` (its end is cut), the prompt loses the
+    middle of its longest message (:func:`fit_prompt`)."""
 
     def encode(batch: dict) -> dict:
         out: dict[str, list] = {"input_ids": [], "labels": [], "prompt_len": []}
         for messages, response in zip(batch["text_a"], batch["label"], strict=True):
-            prompt, answer = prompt_ids(json.loads(messages), tokenizer), response_ids(response, tokenizer)
+            messages = json.loads(messages)
+            prompt, answer = prompt_ids(messages, tokenizer), response_ids(response, tokenizer)
             if len(prompt) + len(answer) > max_length:
                 answer = answer[: max(max_length // 2, max_length - len(prompt))]
-                budget = max_length - len(answer)
-                if len(prompt) > budget:
-                    keep_bos = bos is not None and prompt and prompt[0] == bos
-                    prompt = ([bos] if keep_bos else []) + prompt[len(prompt) - budget + int(keep_bos):]
+                prompt = fit_prompt(messages, tokenizer, max_length - len(answer))
             out["input_ids"].append(prompt + answer)
             out["labels"].append([IGNORE] * len(prompt) + answer)
             out["prompt_len"].append(len(prompt))
@@ -114,21 +130,41 @@ def normalize(text: str) -> str:
 
 
 def response_loss(model: nn.Module, batch: dict) -> tuple[float, int]:
-    """Summed cross-entropy over the response tokens and their count (token-weighted, unlike a batch mean)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
-    return float(loss), int((targets != IGNORE).sum())
+    """Summed cross-entropy over the response tokens and their count (token-weighted, unlike a batch mean). The LM
+    head runs only where a response token is predicted: a full-vocabulary projection of every position of an
+    evaluation batch would take gigabytes."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    rows, cols = (batch["labels"][:, 1:] != IGNORE).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+    return float(F.cross_entropy(logits, batch["labels"][rows, cols + 1], reduction="sum")), int(rows.numel())
+
+
+#: end-of-turn markers of common chat templates: an answer stops at them too
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
+
+
+def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token an answer ends at: EOS, the model's generation-config EOS ids, the template's end of turn."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list | tuple) else {configured}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in END_OF_TURN if t in vocab}
+    return sorted(i for i in ids if i is not None)
 
 
 def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt_ids: torch.Tensor,
                      prompt_mask: torch.Tensor, max_new_tokens: int) -> list[str]:
-    """Greedy answers to left-padded prompts, decoded up to the end-of-sequence token."""
+    """Greedy answers to left-padded prompts, each cut at its first stop token (:func:`stop_ids`)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_ids(model, tokenizer)
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-    return [tokenizer.decode(row[prompt_ids.shape[1]:], skip_special_tokens=True) for row in out]
+                         do_sample=False, pad_token_id=pad, eos_token_id=stops)
+    answers = []
+    for row in out[:, prompt_ids.shape[1]:].tolist():
+        end = next((i for i, t in enumerate(row) if t in stops), len(row))
+        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return answers
 
 
 @torch.no_grad()

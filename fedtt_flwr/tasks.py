@@ -76,8 +76,10 @@ class TaskSpec:
                 raise ValueError(f"task {self.name}: multiple choice needs a context: text-columns names its column(s)")
         elif self.choices:
             raise ValueError(f"task {self.name}: choice-columns are for multiple choice; this task is a {self.kind}")
-        elif self.kind == "generation":
-            pass  # an Alpaca record (instruction [, input], output) or a chat record (messages): checked per row
+        elif self.kind == "generation":  # Alpaca records (instruction [, input], output) or chat records (messages)
+            if not 1 <= len(self.text) <= 2:
+                raise ValueError(f"task {self.name}: instruction tuning reads an instruction column (and an input "
+                                 f"column): text-columns names one or two, got {list(self.text)}")
         elif not 1 <= len(self.text) <= (3 if self.render else 2):
             raise ValueError(f"task {self.name}: text-columns must name 1 column or 2 (a pair), got {list(self.text)}")
         if self.labels is not None and self.kind != "classification":
@@ -173,7 +175,7 @@ RENDERS: dict[str, Callable[[list[str], str, TaskSpec], tuple[str, str]]] = {"co
 def _instruction(spec: TaskSpec, record: dict, at: str) -> tuple[list[dict], str]:
     """An instruction-tuning row as (the prompt's messages, the response): a chat record's messages up to the last
     one, which must be the assistant's; or an Alpaca record's instruction (and input) as one user message."""
-    if MESSAGES in record and spec.text[0] not in record:
+    if record.get(MESSAGES) is not None and record.get(spec.text[0]) is None:  # Parquet: absent columns are nulls
         messages = record[MESSAGES]
         if not isinstance(messages, list) or len(messages) < 2:
             raise RowError(f"{at}, column '{MESSAGES}': expected a list of at least two messages (a question and "

@@ -96,17 +96,24 @@ def test_only_response_tokens_carry_loss(records, tiny_llama_dir):
     assert len(terms) == sum(len(r["labels"]) - r["prompt_len"] for r in data)
 
 
-def test_truncation_keeps_the_answer_and_the_prompts_end(tiny_llama_dir):
+def test_truncation_keeps_the_answer_and_the_templates_markers(tiny_llama_dir):
+    """A long prompt loses the middle of its longest message, not the template's start or end."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     long = " ".join(["great"] * 50)
-    ds = Dataset.from_dict({"text_a": [json.dumps([{"role": "user", "content": long + " Yes"}])], "label": ["No"]})
+    messages = [{"role": "user", "content": "Is it " + long + " Yes"}]
+    ds = Dataset.from_dict({"text_a": [json.dumps(messages)], "label": ["No"]})
     row = encode_sft(ds, tok, 16)[0]
-    assert len(row["input_ids"]) == 16 and row["input_ids"][0] == tok.bos_token_id
-    assert row["labels"][-2:] == row["input_ids"][-2:] and row["labels"][-1] == tok.eos_token_id
-    assert row["input_ids"][row["prompt_len"] - 2] != tok.convert_tokens_to_ids("great")  # the prompt's end kept
+    assert len(row["input_ids"]) <= 16 and row["labels"][-1] == tok.eos_token_id
+    n = row["prompt_len"]
+    assert row["labels"][n:] == row["input_ids"][n:] == tok("No", add_special_tokens=False)["input_ids"] + [
+        tok.eos_token_id]
+    empty = prompt_ids([{"role": "user", "content": ""}], tok)  # the template's own tokens around the message
+    start, end = empty[:3], empty[-2:]
+    assert row["input_ids"][:3] == start and row["input_ids"][n - 2:n] == end
+    assert tok.convert_tokens_to_ids("Yes") in row["input_ids"][:n]  # the message's end (its question) is kept
 
 
 def test_evaluation_scores_exact_match_on_short_answers(records, tiny_llama_dir):
@@ -199,3 +206,45 @@ def test_eval_examples_bounds_the_evaluated_rows(tmp_path, tiny_llama_dir):
     _, _, lines = run_app(tmp_path, tiny_llama_dir, tmp_path, **keys)
     assert lines[-1]["em_examples"] == 5  # the server: the first 5 dev rows
     assert lines[-1]["fed_em_examples"] == 2  # each node: ceil(5 / 3) of its shard (a weighted mean over nodes)
+
+
+def test_exact_match_counts_right_and_wrong_answers(records, tiny_llama_dir, monkeypatch):
+    """With answers fixed (the right ones, then wrong ones) exact match is 1, then 0: the metric itself, not the
+    tiny model's luck. And the prompt mask ends exactly where the rendered prompt does."""
+    from fedtt_flwr import sft
+    from fedtt_flwr.methods.build import build_model, prompt_task
+    from fedtt_flwr.train import evaluate, make_loader, tokenize
+
+    cfg = _task(records, model=str(tiny_llama_dir))
+    model, tok = build_model(cfg)
+    dev = load_split(task_of(cfg), "dev")
+    data = tokenize(dev, tok, 64, prompt_task(cfg))
+    for row, messages in zip(data, dev["text_a"], strict=True):
+        assert row["input_ids"][: row["prompt_len"]] == prompt_ids(json.loads(messages), tok)
+    loader = make_loader(data, tok, 2, shuffle=False, prompt_task="x")
+    right = iter(["yes.", " No", "The yes"])  # normalised: "yes", "no", "yes"
+    monkeypatch.setattr(sft, "generate_answers", lambda m, t, ids, mask, n: [next(right) for _ in range(len(ids))])
+    assert evaluate(model, loader, task_of(cfg), torch.device("cpu"))["exact_match"] == 1.0
+    monkeypatch.setattr(sft, "generate_answers", lambda m, t, ids, mask, n: ["maybe"] * len(ids))
+    assert evaluate(model, loader, task_of(cfg), torch.device("cpu"))["exact_match"] == 0.0
+
+
+def test_parquet_may_mix_alpaca_and_chat_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "mix.parquet"
+    rows = [RECORDS[0], RECORDS[2]]  # each row's absent columns become nulls in the file
+    pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in ("instruction", "input", "output", "messages")}),
+                   path)
+    ds = load_split(task_of(_task(path)), "train")
+    assert ds["label"] == ["Yes", "Yes"] and json.loads(ds["text_a"][1])[0]["role"] == "system"
+
+
+def test_a_personalised_run_is_not_loaded_as_a_model(tmp_path):
+    from fedtt_flwr.checkpoint import load_run
+
+    (tmp_path / "config.json").write_text(json.dumps({"run_config": {"method": "fedsa-lora", "old-key": 1}}))
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="fedsa-lora run: part of its model .* stayed on the nodes"):
+        load_run(tmp_path)

@@ -40,8 +40,6 @@ def prompt_task(cfg: RunConfig) -> str | None:
     if cfg.task_format == "classifier" or (cfg.task_format == "auto" and not decoder):
         return None
     spec = task_of(cfg)
-    if spec.kind == "generation":
-        return cfg.task
     if spec.kind == "regression":
         if cfg.task_format == "prompt":
             raise ValueError(f"task {spec.name} is a regression: its score comes from a head, not a prompt (use "
