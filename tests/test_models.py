@@ -103,12 +103,16 @@ def test_mean_pooling_reads_the_masked_mean_of_the_tokens():
 
 
 def test_mean_pooling_elsewhere_is_refused():
+    """A RoBERTa-style head (MPNet's too) reads the mean through its first-token slot; DistilBERT's head has neither
+    a pooler nor that shape."""
     from conftest import tiny_model
 
     from fedtt_flwr.models import set_mean_pooling
 
-    with pytest.raises(ValueError, match="pooling = 'mean' needs a BERT-family"):
-        set_mean_pooling(tiny_model("roberta"))
+    set_mean_pooling(tiny_model("roberta"))
+    with pytest.raises(ValueError, match="pooling = 'mean' needs an encoder classifier with a pooler or a "
+                                         "RoBERTa-style head; DistilBertForSequenceClassification has neither"):
+        set_mean_pooling(tiny_model("distilbert"))
 
 
 def test_mean_pooling_with_a_prompt_scored_decoder_is_refused(tiny_llama_dir):

@@ -215,13 +215,18 @@ def test_the_command_line_fixes_paths_and_labels_for_the_apps(tickets, monkeypat
 def test_regression_label_skew_is_over_score_bins_and_a_column_gives_natural_clients(tmp_path):
     rows = [f"text {i},{i % 5 + 0.5 * (i % 2)},{['north', 'south', 'west'][i % 3]}" for i in range(90)]
     path = _csv(tmp_path / "t.csv", rows, "text,score,region")
-    task = task_of(custom(train_file=str(path), task_kind="regression", label_column="score",
-                          partition_column="region"))
-    ds = load_split(task, "train")
-    parts = [partition(ds, PartitionSpec("dirichlet", 3, alpha=0.3, seed=0), i, task) for i in range(3)]
+    scores = task_of(custom(train_file=str(path), task_kind="regression", label_column="score"))
+    parts = [partition(load_split(scores, "train"), PartitionSpec("dirichlet", 3, alpha=0.3, seed=0), i, scores)
+             for i in range(3)]
     assert sum(len(p) for p in parts) == 90 and all(len(p) for p in parts)
     means = [np.mean(p["label"]) for p in parts]
     assert max(means) - min(means) > 0.3  # skewed over the scores
+    task = task_of(custom(train_file=str(path), task_kind="regression", label_column="score",
+                          partition_column="region"))
+    ds = load_split(task, "train")
+    skewed = [partition(ds, PartitionSpec("dirichlet", 3, alpha=0.1, seed=0), i, task) for i in range(3)]
+    shares = [max(np.unique(p["group"], return_counts=True)[1]) / len(p) for p in skewed]
+    assert sum(len(p) for p in skewed) == 90 and np.mean(shares) > 0.6  # with a column: skew over its values
     by_region = [partition(ds, PartitionSpec("column", 3), i, task) for i in range(3)]
     assert [sorted(set(p["group"])) for p in by_region] == [["north"], ["south"], ["west"]]
     with pytest.raises(ValueError, match=r"the partition column has 3 values \(north, south, west\) but the run has "
