@@ -35,20 +35,20 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_run
-    from .models import load_model
+    from .models import load_model, pick_device
     from .sft import generate_answers, prompt_ids
     from .tasks import task_of
 
-    model, tokenizer, cfg = load_run(args.run)
+    model, tokenizer, cfg = load_run(args.run, device=str(pick_device(args.device)))
     if task_of(cfg).kind != "generation":
         raise ValueError(f"{args.run} is a {task_of(cfg).kind} run; generate answers prompts with an instruction-tuned "
                          "run (task-kind = generation)")
     if args.base:
-        model, tokenizer = load_model(cfg.model, "causal-lm")
+        model, tokenizer = load_model(cfg.model, "causal-lm", dtype=cfg.dtype, device=model.device)
         model.eval()
     prompts = args.prompt or [line.strip() for line in sys.stdin if line.strip()]
     for text in prompts:
-        ids = torch.tensor([prompt_ids([{"role": "user", "content": text}], tokenizer)])
+        ids = torch.tensor([prompt_ids([{"role": "user", "content": text}], tokenizer)], device=model.device)
         answer = generate_answers(model, tokenizer, ids, torch.ones_like(ids), args.max_new_tokens)[0]
         print(json.dumps({"prompt": text, "answer": answer.strip()}, ensure_ascii=False), flush=True)
     return 0
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="*", help="prompts, each one user message; none: one per line from stdin")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--base", action="store_true", help="the base model without the run's adapters, to compare")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     g.set_defaults(func=_generate)
 
     i = sub.add_parser("instructions", help="write the FLAN-style instruction mix (six task families) from a GLUE/"

@@ -176,6 +176,8 @@ def test_a_saved_run_reproduces_the_servers_evaluation_and_answers_prompts(tmp_p
     answers = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [a["prompt"] for a in answers] == ["Is it great", "Is it bad"]
     assert all(isinstance(a["answer"], str) for a in answers)
+    assert main(["generate", "--run", str(folder), "--base", "--device", "cpu", "Is it great"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["prompt"] == "Is it great"
 
 
 def test_the_instruction_mix_is_built_from_the_data_folder_deterministically(shared_data, tmp_path):
