@@ -154,9 +154,9 @@ def own_data(cfg) -> dict:
         out["labels"] = ",".join(labels)
         print(f"[fedtt] data: labels {list(labels)} (from the training split; set labels = '...' to fix an order)",
               flush=True)
-    print(f"[fedtt] data: task {task.name} ({task.kind}), "
-          + ", ".join(f"{s}-file {out.get(f'{s}-file', v)}" for s, v in task.files)
-          + (f"hub {' '.join(filter(None, task.hub))}" if task.hub else ""), flush=True)
+    sources = [f"{s}-file {out.get(f'{s}-file', v)}" for s, v in task.files]
+    sources += [f"hub {' '.join(filter(None, task.hub))}"] if task.hub else []
+    print(f"[fedtt] data: task {task.name} ({task.kind}), {', '.join(sources)}", flush=True)
     return out
 
 

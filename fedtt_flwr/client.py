@@ -29,8 +29,7 @@ from .data import (
     load_partition,
     load_split,
     load_task,
-    make_partitioner,
-    partition_view,
+    partitioner_for,
 )
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
@@ -101,10 +100,7 @@ def _task_data(task: TaskSpec, data_dir: str, split: str) -> Dataset:
 def _partitioner(task: TaskSpec, data_dir: str, split: str, spec: PartitionSpec):
     """One partitioner per dataset and spec, so the split of the whole dataset is computed once per
     process rather than once per client."""
-    dataset, spec = partition_view(_task_data(task, data_dir, split), task, spec)
-    p = make_partitioner(spec)
-    p.dataset = dataset
-    return p
+    return partitioner_for(_task_data(task, data_dir, split), spec, task)
 
 
 @functools.lru_cache(maxsize=64)

@@ -500,14 +500,19 @@ def check_partition_id(spec: PartitionSpec, partition_id: int) -> None:
         raise ValueError(f"partition-id {partition_id} is outside 0..{spec.num_partitions - 1}")
 
 
-def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int, task: TaskSpec | None = None) -> Dataset:
-    """One client's share of ``dataset``."""
-    check_partition_id(spec, partition_id)
+def partitioner_for(dataset: Dataset, spec: PartitionSpec, task: TaskSpec | None = None):
+    """The spec's partitioner over ``dataset``, skewed the way the task is (:func:`partition_view`)."""
     if task is not None:
         dataset, spec = partition_view(dataset, task, spec)
     p = make_partitioner(spec)
     p.dataset = dataset
-    return load_partition(p, spec, partition_id)
+    return p
+
+
+def partition(dataset: Dataset, spec: PartitionSpec, partition_id: int, task: TaskSpec | None = None) -> Dataset:
+    """One client's share of ``dataset``."""
+    check_partition_id(spec, partition_id)
+    return load_partition(partitioner_for(dataset, spec, task), spec, partition_id)
 
 
 def _write_tsv(path: Path, task: TaskSpec, records: list[dict]) -> None:

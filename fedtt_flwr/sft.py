@@ -35,7 +35,7 @@ def prompt_ids(messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> list
     plain template (with the tokenizer's BOS, if it adds one)."""
     if tokenizer.chat_template:
         out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)  # transformers 5: a BatchEncoding
     text = "".join(PLAIN_TEMPLATE[m["role"]].format(content=m["content"].strip()) for m in messages) + PLAIN_ANSWER
     return tokenizer(text)["input_ids"]
 
