@@ -1,6 +1,10 @@
-"""TT adapter forward+backward: rebuild-then-matmul vs direct contraction, per hidden size.
+"""One adapted site, forward+backward: a TT adapter (rebuild-then-matmul and direct contraction) against peft's
+LoRA r=8, per hidden size.
 
-Times one TTAdapter (down h->64, ReLU, up 64->h) on N tokens, both forward modes interleaved.
+Each variant is a frozen ``h x h`` linear layer with its adapter, as in a model: the TT adapter (down h->64, ReLU,
+up 64->h) on the layer's output (``AdaptedLinear``), LoRA through peft on the layer. N tokens in, a fixed random
+gradient out (a ``.sum()`` loss would hand the backward an expanded gradient and time a copy no model makes);
+variants interleaved.
 Usage: .venv/bin/python -m benchmarks.tt_forward [--tokens 4096 --rounds 8 --reps 5]
 """
 
@@ -12,7 +16,15 @@ import torch
 
 from benchmarks._common import interleaved_medians, machine, write_result
 from fedtt_flwr import TTAdapterConfig, pick_device
-from fedtt_flwr.adapters import TTAdapter
+from fedtt_flwr.adapters import AdaptedLinear, TTAdapter
+
+
+def lora_site(h: int, device: torch.device) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    base = torch.nn.Sequential()
+    base.add_module("dense", torch.nn.Linear(h, h, device=device))
+    return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["dense"])).base_model.model.dense
 
 
 def main() -> None:
@@ -27,22 +39,25 @@ def main() -> None:
     out = {"args": vars(args), "machine": machine(), "by_hidden": {}}
     for h in map(int, args.hidden.split(",")):
         torch.manual_seed(0)
-        x = torch.randn(args.tokens, h, device=device)
-        fns = {}
-        for mode in ("rebuild", "contract"):
-            adapter = TTAdapter(h, TTAdapterConfig(rank=5, forward_mode=mode), device=device)
+        x = torch.randn(args.tokens, h, device=device, requires_grad=True)  # inside a model the input needs grad
+        grad = torch.randn(args.tokens, h, device=device)
+        sites = {mode: AdaptedLinear(torch.nn.Linear(h, h, device=device).requires_grad_(False),
+                                     TTAdapter(h, TTAdapterConfig(rank=5, forward_mode=mode), device=device), "output")
+                 for mode in ("rebuild", "contract")}
+        sites["lora-r8"] = lora_site(h, device)
 
-            def run(adapter=adapter, x=x):
-                adapter(x).sum().backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+        def run(site: torch.nn.Module, x=x, grad=grad) -> None:
+            site(x).backward(grad)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
 
-            fns[mode] = run
-        t = interleaved_medians(fns, rounds=args.rounds, reps=args.reps)
-        ratio = t["contract"]["median_s"] / t["rebuild"]["median_s"]
-        out["by_hidden"][h] = {**t, "contract_over_rebuild": round(ratio, 4)}
-        print(f"h={h:5d}  rebuild {t['rebuild']['median_s'] * 1e3:7.2f} ms  contract "
-              f"{t['contract']['median_s'] * 1e3:7.2f} ms  contract/rebuild {ratio:.3f}")
+        t = interleaved_medians({k: (lambda site=site: run(site)) for k, site in sites.items()},
+                                rounds=args.rounds, reps=args.reps)
+        ratios = {"contract_over_rebuild": t["contract"]["median_s"] / t["rebuild"]["median_s"],
+                  "contract_over_lora": t["contract"]["median_s"] / t["lora-r8"]["median_s"]}
+        out["by_hidden"][h] = {**t, **{k: round(v, 4) for k, v in ratios.items()}}
+        print(f"h={h:5d}  " + "  ".join(f"{k} {v['median_s'] * 1e3:7.2f} ms" for k, v in t.items())
+              + "  " + "  ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     print("wrote", write_result(f"tt_forward_{device.type}", out))
 
 

@@ -76,7 +76,10 @@ class TTAdapter(nn.Module):
         self.scaling = config.scaling
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(z))) * self.scaling
+        out = self.up(self.act(self.down(z)))
+        # a multiply by 1.0 is a full pass over the (tokens x hidden) output, forward and backward: ~15% of an
+        # adapter's time on CPU (benchmarks/step_time.py --profile)
+        return out if self.scaling == 1.0 else out * self.scaling
 
 
 class AdaptedLinear(nn.Module):

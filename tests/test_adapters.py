@@ -17,7 +17,7 @@ from fedtt_flwr import (
     set_adapter_state,
     tt_layers,
 )
-from fedtt_flwr.adapters import AdaptedLinear
+from fedtt_flwr.adapters import AdaptedLinear, TTAdapter
 from fedtt_flwr.models import build_empty_model
 
 FAMILIES = list(ENCODER_CONFIGS) + list(DECODER_CONFIGS)
@@ -237,3 +237,15 @@ def test_near_identity_init_starts_close_to_the_pretrained_model_and_still_train
     assert near(z).norm() < 0.05 * loretta(z).norm()  # the adapter starts as a small perturbation
     near(z).pow(2).sum().backward()
     assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in (*near.up.cores, *near.down.cores))
+
+
+def test_adapter_scaling_multiplies_the_output_and_one_skips_the_multiply() -> None:
+    """scaling=1.0 takes a shortcut (no multiply pass over the tokens); any other value scales the same output."""
+    torch.manual_seed(0)
+    adapter = TTAdapter(24, TTAdapterConfig(rank=3, bottleneck=8, bias=True))
+    z = torch.randn(5, 24)
+    one = adapter(z)
+    adapter.scaling = 2.5
+    torch.testing.assert_close(adapter(z), 2.5 * one)
+    adapter.scaling = 0.0
+    assert torch.count_nonzero(adapter(z)) == 0

@@ -1,0 +1,160 @@
+"""Federated instruction tuning of SmolLM2-135M on the demo mix: FedTT, FedTT+, LoRA r=8 and FlowerTune's LoRA,
+through `flwr run` (Flower's Ray simulation engine, `fedtt-flwr simulate`).
+
+The mix comes from `fedtt-flwr instructions` (six task families from the GLUE/SuperGLUE folder); 10 clients with
+Dirichlet(0.5) over the family column, 5 per round. Every run's round 0 is the zero-shot evaluation of the base
+model on the same dev rows. One JSON per finished cell goes to benchmarks/results/instruct/; a rerun skips
+finished cells, so an interrupted run resumes. ``--report`` writes the table and the plot (exact match against
+cumulative uplink MB) into docs/instruction-tuning.md between its ``instruct`` markers.
+
+The budget (2 CPU cores): 10 rounds of 10 local steps of 8, max-length 256; exact match on the first
+``EVAL_EXAMPLES`` dev rows (shuffled over the families) every 2 rounds.
+
+    HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.instruct --mix /abs/mix > instruct.log 2>&1 &
+    .venv/bin/python -m benchmarks.instruct --list
+    .venv/bin/python -m benchmarks.instruct --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks._common import RESULTS, publish
+
+OUT = RESULTS / "instruct"
+RUNS = RESULTS.parent / "out" / "instruct"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "instruction-tuning.md"
+CLIENTS, PER_ROUND, EVAL_EXAMPLES = 10, 5, 120
+COMMON = {"model": "smollm2-135m", "task": "custom", "task-kind": "generation", "partition": "dirichlet",
+          "partition-column": "family", "alpha": 0.5, "max-length": 256, "num-server-rounds": 10,
+          "local-steps": 10, "batch-size": 8, "fraction-train": PER_ROUND / CLIENTS, "min-clients": PER_ROUND,
+          "eval-every": 2, "eval-examples": EVAL_EXAMPLES, "eval-batch-size": 16}
+#: cell name -> the method's settings (everything else: the run config's defaults)
+CELLS = {
+    "fedtt": {"method": "fedtt"},
+    "fedtt+": {"method": "fedtt+"},
+    "lora-r8": {"method": "lora"},
+    "lora-flowertune": {"method": "lora", "lora-rank": 32, "lora-alpha": 64, "lora-dropout": 0.075},
+}
+
+
+def key(cell: str, seed: int) -> str:
+    return f"{cell.replace('+', 'plus')}-s{seed}"
+
+
+def run_cell(cell: str, seed: int, mix: Path) -> dict:
+    """One `fedtt-flwr simulate` run; its metrics.jsonl is the curve."""
+    name = key(cell, seed)
+    cfg = {**COMMON, **CELLS[cell], "seed": seed, "train-file": str(mix / "train.jsonl"),
+           "dev-file": str(mix / "dev.jsonl"), "run-name": name, "output-dir": str(RUNS)}
+    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted cell starts over
+    cmd = [sys.executable, "-m", "fedtt_flwr.cli", "simulate", "--num-clients", str(CLIENTS)]
+    for k, v in cfg.items():
+        cmd += ["--set", f"{k}={v}"]
+    t0 = time.perf_counter()
+    code = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    folder = RUNS / name
+    if code != 0 or not (folder / "summary.json").exists():
+        raise SystemExit(f"[instruct] {name}: the run failed (exit {code}); its log is above, its folder {folder}")
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if "exact_match" in x]
+    return {"cell": cell, "seed": seed, "run_config": cfg, "clients": CLIENTS,
+            "trainable_params": json.loads((folder / "config.json").read_text())["travelling_params"],
+            "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
+            "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, "exact_match": x["exact_match"],
+                       "perplexity": x.get("perplexity")} for x in evals],
+            "final": {"exact_match": evals[-1]["exact_match"], "perplexity": evals[-1].get("perplexity")},
+            "zero_shot": {"exact_match": evals[0]["exact_match"], "perplexity": evals[0].get("perplexity")},
+            "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(cmd)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mix", type=Path, help="the folder `fedtt-flwr instructions --out` wrote (train.jsonl, "
+                    "dev.jsonl); default: written into benchmarks/out/mix from the data folder")
+    ap.add_argument("--only", default="", help="cell names, comma-separated (fedtt, fedtt+, lora-r8, lora-flowertune)")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    todo = [(c, int(s)) for s in args.seeds.split(",") for c in CELLS
+            if not args.only or c in args.only.split(",")]
+    if args.list:
+        for c in todo:
+            print(key(*c), "done" if (OUT / f"{key(*c)}.json").exists() else "todo")
+        return
+    if not args.report:
+        mix = args.mix or _default_mix()
+        for c in todo:
+            path = OUT / f"{key(*c)}.json"
+            if path.exists():
+                continue
+            print(f"[instruct] {key(*c)}", flush=True)
+            result = run_cell(*c, mix.resolve())
+            path.write_text(json.dumps(result, indent=1))
+            print(f"[instruct] {key(*c)} done in {result['wall_s']:.0f}s: {result['final']}", flush=True)
+    report()
+
+
+def _default_mix() -> Path:
+    mix = RESULTS.parent / "out" / "mix"
+    if not (mix / "train.jsonl").exists():
+        subprocess.run([sys.executable, "-m", "fedtt_flwr.cli", "instructions", "--out", str(mix)], check=True)
+    return mix
+
+
+def report() -> None:
+    """The table (zero-shot and final exact match, uplink MB per round and in total, the MB to the better LoRA's
+    final exact match minus one point) and the plot, from the finished cells."""
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    if not results:
+        print("no finished cells yet")
+        return
+    loras = [r for r in results if r["cell"].startswith("lora")]
+    best = max((r["final"]["exact_match"] for r in loras), default=None)
+    rows = ["| method | seed | zero-shot EM | final EM | final perplexity | uplink MB / round (5 clients) "
+            "| uplink MB total | MB to the better LoRA's final - 1 pt | wall |", "|---" * 9 + "|"]
+    for r in sorted(results, key=lambda r: (r["seed"], list(CELLS).index(r["cell"]))):
+        hit = None if best is None else next((p["mb_up"] for p in r["curve"] if p["exact_match"] >= best - 0.01), None)
+        to_level = "" if best is None else (f"{hit:.2f}" if hit is not None else "not reached")
+        per_round = sum(r["bytes_up_per_round"]) / max(len(r["bytes_up_per_round"]), 1) / 1e6
+        rows.append(f"| {r['cell']} | {r['seed']} | {100 * r['zero_shot']['exact_match']:.1f} | "
+                    f"{100 * r['final']['exact_match']:.1f} | {r['final']['perplexity']:.2f} | {per_round:.3f} | "
+                    f"{r['curve'][-1]['mb_up']:.2f} | {to_level} | {r['wall_s'] / 60:.0f} min |")
+    table = "\n".join(rows)
+    (OUT / "table.md").write_text(table + "\n")
+    _plot(results)
+    publish(DOC, {"instruct": table})
+
+
+def _plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in results:
+        pts = [(p["mb_up"], 100 * p["exact_match"]) for p in r["curve"]]
+        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['cell']} s{r['seed']}")
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("cumulative uplink MB")
+    ax.set_ylabel(f"dev exact match (%, first {EVAL_EXAMPLES} rows)")
+    ax.set_title("SmolLM2-135M, instruction mix, 10 clients, Dir(0.5) over family")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = DOC.parent / "img" / "instruct.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
