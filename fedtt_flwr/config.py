@@ -197,6 +197,9 @@ class RunConfig(BaseModel):
     dp_max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm C")
     dp_epsilon: float = Field(0.0, ge=0, description="dp=epsilon: the target; dp=sigma: a budget (0: none)")
     dp_delta: float = Field(1e-5, gt=0, lt=1)
+    dp_physical_batch: int = Field(0, ge=0, description="dp: the most examples one forward/backward pass takes; "
+                                   "a larger Poisson batch (expected size batch-size) runs in pieces whose clipped "
+                                   "gradients add up before its one noisy step: flat memory; 0: no limit")
     seed: int = 0
     output_dir: str = Field("runs", description="absolute path recommended: flwr runs from the SuperLink's cwd")
     run_name: str = ""
@@ -318,7 +321,7 @@ TRAINING_KEYS = frozenset({
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
     "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon",
-    "dp_delta", "output_dir", "run_name", "resume"})
+    "dp_delta", "dp_physical_batch", "output_dir", "run_name", "resume"})
 
 
 def model_key(cfg: RunConfig) -> tuple:

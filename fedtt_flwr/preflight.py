@@ -139,10 +139,18 @@ def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:
                          "'fedmedian'")
 
 
+def check_privacy(cfg: RunConfig) -> None:
+    if cfg.dp != "off":
+        from .privacy import check_task
+
+        check_task(cfg)
+
+
 def preflight(cfg: RunConfig, num_clients: int | None = None, on_this_machine: bool = True) -> str | None:
     """Run every check; the first failure raises one ValueError/FileNotFoundError naming the setting.
     Returns the data note (e.g. a dev file split into train and test), if any. ``on_this_machine=False`` (the
     apps run elsewhere, e.g. ``deploy run`` from a laptop): only the checks that do not depend on the machine."""
+    check_privacy(cfg)
     if not on_this_machine:
         check_aggregation(cfg, num_clients)
         check_labels(cfg)

@@ -43,6 +43,7 @@ class DPSettings:
     max_grad_norm: float
     delta: float
     budget: float  # epsilon; 0: none
+    physical_batch: int = 0  # the most examples one forward/backward takes; 0: a whole Poisson batch
 
 
 def noise_for_target(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
@@ -85,7 +86,10 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
     """``steps`` DP-SGD steps on Poisson-sampled batches of ``loader``'s dataset. Per-example gradients of
     the trainable tensors come from Opacus (functorch for custom layers such as the TT layers), are
     clipped to ``dp.max_grad_norm``, summed, noised and averaged over the expected batch size, then
-    ``optimizer`` (e.g. AdamW) steps. The model comes back unwrapped, with no Opacus hooks."""
+    ``optimizer`` (e.g. AdamW) steps. A Poisson batch larger than ``dp.physical_batch`` runs as several
+    forward/backward passes whose clipped gradients add up before the one noisy step (Opacus' skip-step
+    accumulation, as its BatchMemoryManager does): large expected batches in flat memory, the same update.
+    The model comes back unwrapped, with no Opacus hooks."""
     from opacus.data_loader import DPDataLoader
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -93,36 +97,87 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
     generator = torch.Generator().manual_seed(seed)
     poisson = DPDataLoader.from_data_loader(loader, generator=generator)
     gsm = GradSampleModule(model, force_functorch=True, loss_reduction="mean", strict=False)
+    expected = max(1, int(len(loader.dataset) * poisson.sample_rate))  # as Opacus' make_private sets it
     dp_opt = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                         expected_batch_size=loader.batch_size, loss_reduction="mean", generator=generator)
+                         expected_batch_size=expected, loss_reduction="mean", generator=generator)
     model.train()
     losses, seen = [], 0
     batches = _endless(poisson)
     try:
         for step in range(1, steps + 1):
             batch = next(batches)
-            if batch["labels"].shape[0] == 0:  # an empty Poisson draw: nothing to add but noise; skip it
+            size = _batch_size(batch)
+            if size == 0:  # an empty Poisson draw: nothing to add but noise; skip it
                 continue
-            batch = {k: v.to(device) for k, v in batch.items()}
+            chunks = _chunks(batch, dp.physical_batch or size)
             dp_opt.zero_grad(set_to_none=True)
-            loss = gsm(**batch).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at DP step {step}")
-            with warnings.catch_warnings():  # Opacus' hooks on a frozen backbone: inputs need no gradient
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                loss.backward()
-            dp_opt.step()
-            losses.append(loss.item())
-            seen += batch["labels"].shape[0]
+            step_loss = 0.0
+            for i, chunk in enumerate(chunks):
+                dp_opt.signal_skip_step(do_skip=i < len(chunks) - 1)  # clip and add up; noise and step at the end
+                loss = _dp_loss(gsm, {k: v.to(device) for k, v in chunk.items()})
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at DP step {step}")
+                with warnings.catch_warnings():  # Opacus' hooks on a frozen backbone: inputs need no gradient
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
+                dp_opt.step()
+                if i < len(chunks) - 1:
+                    dp_opt.zero_grad(set_to_none=True)  # after a skipped step: per-example grads only
+                step_loss += loss.item() * _batch_size(chunk) / size
+            losses.append(step_loss)
+            seen += size
     finally:
         dp_opt.zero_grad(set_to_none=True)
         gsm.to_standard_module()
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "num_examples": seen}
 
 
+def _batch_size(batch: dict) -> int:
+    return int(batch["labels"].shape[0])
+
+
+def _chunks(batch: dict, size: int) -> list[dict]:
+    """The batch's rows in pieces of at most ``size`` (every tensor is batch-first)."""
+    n = _batch_size(batch)
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def _dp_loss(gsm: nn.Module, batch: dict) -> torch.Tensor:
+    """The batch's loss as the mean of per-example losses, which DP-SGD's mean reduction assumes. A model's own
+    token-level loss (a causal LM's: the mean over every answer token of the batch) would weigh an example by its
+    share of the batch's tokens, so one example's gradient would depend on the others'; it is recomputed per
+    example."""
+    labels = batch["labels"]
+    if labels.dim() < 2:
+        return gsm(**batch).loss
+    logits = gsm(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return per_example_token_loss(logits, labels).mean()
+
+
+def per_example_token_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Each row's mean next-token cross-entropy over its labelled positions (``labels`` aligned with the input, as
+    Hugging Face's causal LMs take them): shape ``(batch,)``; a row with no labelled token gives 0."""
+    targets = labels[:, 1:]
+    token = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                        ignore_index=ignore_index, reduction="none").view_as(targets)
+    mask = targets != ignore_index
+    return (token * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 def _endless(loader: DataLoader) -> Iterator[dict]:
     while True:
         yield from loader
+
+
+def check_task(cfg: RunConfig) -> None:
+    """DP-SGD clips one gradient per example: a multiple-choice batch holds a row per candidate (and an encoder
+    flattens them into its batch), so Opacus would clip per candidate and an example could weigh k times C."""
+    from .tasks import task_of
+
+    if cfg.dp != "off" and task_of(cfg).kind == "multiple-choice":
+        raise ValueError(f"dp = {cfg.dp!r} with a multiple-choice task ({cfg.task}) is not supported: its batches hold "
+                         "one row per candidate, so per-example clipping would bound each candidate, not each "
+                         "example; train it without dp")
 
 
 def settings_for(cfg: RunConfig, num_examples: int) -> tuple[DPSettings, float] | None:
@@ -131,10 +186,11 @@ def settings_for(cfg: RunConfig, num_examples: int) -> tuple[DPSettings, float] 
     were sampled in every round (the worst case)."""
     if cfg.dp == "off":
         return None
+    check_task(cfg)
     q = 1.0 / math.ceil(max(num_examples, 1) / cfg.batch_size)  # what Opacus' Poisson loader samples at
     if cfg.dp == "epsilon":
         sigma = noise_for_target(cfg.dp_epsilon, cfg.dp_delta, q, cfg.num_server_rounds * cfg.local_steps)
     else:
         sigma = cfg.dp_noise_multiplier
-    return DPSettings(sigma, cfg.dp_max_grad_norm, cfg.dp_delta, cfg.dp_epsilon), q
+    return DPSettings(sigma, cfg.dp_max_grad_norm, cfg.dp_delta, cfg.dp_epsilon, cfg.dp_physical_batch), q
 

@@ -52,14 +52,15 @@ class _Toy(nn.Module):
         return type("Out", (), {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits})()
 
 
-def _toy_run(sigma: float, clip: float, seed: int = 0, steps: int = 1, lr: float = 1.0):
+def _toy_run(sigma: float, clip: float, seed: int = 0, steps: int = 1, lr: float = 1.0, physical: int = 0,
+             model: nn.Module | None = None):
     torch.manual_seed(0)
-    model = _Toy()
+    model = model or _Toy()
     data = [{"x": torch.randn(16) * 10, "labels": torch.tensor(i % 2)} for i in range(64)]
     loader = torch.utils.data.DataLoader(data, batch_size=16)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = dp_train_steps(model, loader, torch.optim.SGD(model.parameters(), lr=lr), steps, torch.device("cpu"),
-                           DPSettings(sigma, clip, 1e-5, 0.0), seed)
+                           DPSettings(sigma, clip, 1e-5, 0.0, physical), seed)
     delta = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
     return model, delta, stats
 
@@ -80,6 +81,96 @@ def test_noise_appears_with_sigma_and_not_without():
     _, c, _ = _toy_run(sigma=1.0, clip=1.0, seed=3)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5])
+def test_physical_batches_give_the_same_update_as_whole_poisson_batches(sigma):
+    """Pieces of at most 3 examples: clipped gradients add up over the pieces and one noisy step follows, so the
+    update equals the one of whole batches (same Poisson draws, same noise), with clipping active (C small)."""
+    _, whole, a = _toy_run(sigma=sigma, clip=0.05, seed=1, steps=3, lr=0.1)
+    _, pieces, b = _toy_run(sigma=sigma, clip=0.05, seed=1, steps=3, lr=0.1, physical=3)
+    assert a["num_examples"] == b["num_examples"] > 9
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_memory_stays_flat_the_model_never_sees_more_than_a_physical_batch():
+    """The expected batch is 16 (Poisson draws of ~10-25); every forward pass takes at most 4 examples."""
+    sizes: list[int] = []
+    model = _Toy()
+    model.register_forward_pre_hook(lambda mod, args, kwargs: sizes.append(kwargs["x"].shape[0]), with_kwargs=True)
+    _, _, stats = _toy_run(sigma=1.0, clip=1.0, steps=4, physical=4, model=model)
+    assert max(sizes) <= 4 and sum(sizes) == stats["num_examples"] > 16
+
+
+def test_a_token_level_loss_is_a_mean_of_per_example_means_under_dp():
+    """A causal LM's own loss averages over the batch's tokens, so an example's weight depends on the others'
+    lengths; under DP each example's loss is its own mean (checked by hand), whatever else is in the batch."""
+    from fedtt_flwr.privacy import per_example_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 3, 4, -100, -100], [-100, -100, 1, 2, 6]])
+    got = per_example_token_loss(logits, labels)
+    logp = logits.log_softmax(-1)
+    row0 = -(logp[0, 0, 3] + logp[0, 1, 4]) / 2  # position t predicts label t + 1
+    row1 = -(logp[1, 1, 1] + logp[1, 2, 2] + logp[1, 3, 6]) / 3
+    torch.testing.assert_close(got, torch.stack([row0, row1]))
+    other = per_example_token_loss(torch.cat([logits[:1], torch.randn(1, 5, 7)]),
+                                   torch.tensor([[-100, 3, 4, -100, -100], [-100, 1, 2, 3, 4]]))
+    assert other[0] == got[0]
+
+
+def test_lora_per_sample_gradients_under_dp_match_per_example_autograd(tiny_model_dir):
+    """peft's LoRA layers through Opacus (functorch, as dp_train_steps wraps them), with a non-zero B so that A's
+    gradients are not all zero; then two DP steps without noise move every trained tensor (opacus issue 820: a
+    model wrapped before its parameters settled kept training stale copies)."""
+    from fedtt_flwr.methods import build_model
+
+    model, tok = build_model(RunConfig(model=str(tiny_model_dir), task="sst2", method="lora"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in trained) and any("lora_B" in n for n in trained)
+    batch = tok(["a great movie", "a dull boring plot and a weak actor", "not good", "the story was fine"],
+                padding=True, return_tensors="pt")
+    labels = torch.tensor([1, 0, 0, 1])
+    model.train()
+    for m in model.modules():  # dropout off: per-example and batched passes must see the same network
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    gsm = GradSampleModule(model, force_functorch=True, loss_reduction="sum", strict=False)
+    nn.functional.cross_entropy(gsm(**batch).logits, labels, reduction="sum").backward()
+    per_sample = {n: p.grad_sample.clone() for n, p in model.named_parameters() if p.requires_grad}
+    gsm.to_standard_module()
+    for i in range(len(labels)):
+        model.zero_grad(set_to_none=True)
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        nn.functional.cross_entropy(model(**one).logits, labels[i:i + 1], reduction="sum").backward()
+        for n in trained:
+            p = dict(model.named_parameters())[n]
+            torch.testing.assert_close(per_sample[n][i], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    data = [{**{k: v[0] for k, v in tok(t, padding="max_length", max_length=12, return_tensors="pt").items()},
+             "labels": torch.tensor(i % 2)} for i, t in enumerate(["a great movie", "a dull plot"] * 16)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    dp_train_steps(model, torch.utils.data.DataLoader(data, batch_size=8), torch.optim.SGD(params, lr=0.1), 2,
+                   torch.device("cpu"), DPSettings(0.0, 1.0, 1e-5, 0.0, physical_batch=3), seed=0)
+    stale = [n for n in trained if torch.equal(dict(model.named_parameters())[n], before[n])]
+    assert not stale
+
+
+def test_dp_refuses_multiple_choice_tasks():
+    from fedtt_flwr.preflight import check_privacy
+
+    with pytest.raises(ValueError, match="multiple-choice task.*per-example clipping"):
+        settings_for(RunConfig(task="copa", dp="sigma"), 100)
+    with pytest.raises(ValueError, match="multiple-choice"):
+        check_privacy(RunConfig(task="copa", dp="sigma"))
+    check_privacy(RunConfig(task="copa"))  # without dp: fine
 
 
 def test_model_comes_back_without_opacus_hooks():
@@ -130,15 +221,17 @@ def test_bad_dp_settings_are_clear_errors(key, value, words):
         RunConfig.from_flower({"dp": "epsilon", "dp-epsilon": 1.0, key: value})
 
 
-@pytest.mark.parametrize("method", ["fedtt", "fedtt+"])
-def test_federated_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, tiny_model_dir, tiny_sst2_dir, method):
+@pytest.mark.parametrize(("method", "physical"), [("fedtt", 0), ("fedtt+", 5)])
+def test_federated_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, tiny_model_dir, tiny_sst2_dir, method,
+                                                                  physical):
+    """The reported epsilon is the accountant's, whether Poisson batches run whole or in physical pieces."""
     from fedtt_flwr.inprocess import run_inprocess
 
     # 2 IID clients of 120 examples, batch 16: q = 1/8; one round of 3 steps at sigma 1 spends e1
     e1, e2, e3 = (spent_epsilon([(1.0, 1 / 8, 3)] * k, 1e-5) for k in (1, 2, 3))
     cfg = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "num-server-rounds": 3, "local-steps": 3,
            "max-length": 16, "output-dir": str(tmp_path), "run-name": "r", "method": method, "partition": "iid",
-           "dp": "sigma", "dp-noise-multiplier": 1.0, "dp-epsilon": (e2 + e3) / 2}
+           "dp": "sigma", "dp-noise-multiplier": 1.0, "dp-epsilon": (e2 + e3) / 2, "dp-physical-batch": physical}
     run_inprocess(cfg, num_nodes=2)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines[1]["dp_epsilon_max"] == pytest.approx(e1) and lines[1]["dp_epsilon_mean"] == pytest.approx(e1)
