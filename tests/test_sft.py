@@ -250,3 +250,37 @@ def test_a_personalised_run_is_not_loaded_as_a_model(tmp_path):
     (tmp_path / "adapter.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="fedsa-lora run: part of its model .* stayed on the nodes"):
         load_run(tmp_path)
+
+
+def test_under_dp_each_examples_gradient_is_its_own_answer_loss(tmp_path, tiny_llama_dir):
+    """DP-SGD's per-example gradients (Opacus, as dp_train_steps takes them) of an instruction batch equal each
+    example's own gradient of its mean answer-token loss, computed alone: no example's weight depends on the
+    others' answer lengths (a causal LM's batch loss, the mean over all answer tokens, would make it)."""
+    from opacus.grad_sample import GradSampleModule
+
+    from fedtt_flwr.methods import build_model
+    from fedtt_flwr.privacy import _dp_loss
+    from fedtt_flwr.train import make_loader
+
+    path = tmp_path / "answers.jsonl"
+    rows = [{"instruction": "Is it great", "output": "Yes"}, {"instruction": "Was it bad", "output": "No it was good"},
+            {"instruction": "Say more", "input": "the movie", "output": "the movie was really quite good"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _task(path, model=str(tiny_llama_dir), max_length=48)
+    model, tok = build_model(cfg)
+    data = encode_sft(load_split(task_of(cfg), "train"), tok, cfg.max_length)
+    batch = next(iter(make_loader(data, tok, 3, shuffle=True, seed=0)))
+    assert len({int(n) for n in (batch["labels"] != -100).sum(1)}) > 1  # answers of different lengths
+    model.train()
+    gsm = GradSampleModule(model, force_functorch=True, loss_reduction="mean", strict=False)
+    _dp_loss(gsm, batch).backward()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    per_sample = {n: p.grad_sample.clone() for n, p in trained.items()}
+    gsm.to_standard_module()
+    for i in range(3):
+        model.zero_grad(set_to_none=True)
+        width = int(batch["attention_mask"][i].sum())
+        one = {k: v[i:i + 1, :width] for k, v in batch.items()}
+        _dp_loss(model, one).backward()
+        for n, p in trained.items():
+            torch.testing.assert_close(per_sample[n][i], p.grad, atol=1e-5, rtol=1e-4, msg=n)
