@@ -1,78 +1,158 @@
-"""Local DP on a real task: MiniLM on SST-2, 10 clients, FedTT, epsilon in {1, 3, 8} and no DP (docs/privacy.md).
+"""Local DP that learns: MiniLM on SST-2, FedTT, FedTT+, LoRA and FFA-LoRA at epsilon 8, 3 and 1 (delta 1e-5) and
+without DP, in the cross-silo setting (3 clients, all of them every round) and the cross-device one (10 clients,
+5 per round); IID; seeds 0 and 1 (docs/privacy.md).
 
-Every run drives this project's ServerApp and ClientApp in-process (fedtt_flwr.inprocess), the same
-settings except the DP keys; a finished run (its JSON in benchmarks/results/privacy/) is skipped. Writes
-the table of docs/privacy.md.
+Every cell drives this project's ServerApp and ClientApp in-process (fedtt_flwr.inprocess), with the same settings
+but the DP keys; one JSON per finished cell goes to benchmarks/results/privacy/ (a rerun skips finished cells, so
+an interrupted grid resumes). ``--report`` writes the table and the plot (dev accuracy against epsilon) into
+docs/privacy.md.
 
-    .venv/bin/python -m benchmarks.privacy                 # every variant not yet in results/privacy/
-    .venv/bin/python -m benchmarks.privacy no-dp eps8      # some of them
-    .venv/bin/python -m benchmarks.privacy --report        # only rewrite the table
+The recipe (from benchmarks/dp_probe.py; the literature's: large expected batches, few trained values):
+expected batch ``BATCH`` in pieces of ``PHYSICAL`` (flat memory), ``ROUNDS`` rounds of ``STEPS`` local steps,
+SGD with momentum 0.9 at ``LR`` (AdamW's per-coordinate normalisation turns the noise on the adapters, whose share of the clipped
+signal is ~1 %, into full-size steps: 0.59 after 60 steps at epsilon 8 against SGD's 0.79 after 20), C = ``CLIP``;
+the noise planned by each client for all of its steps (dp = epsilon). The first study (10 clients, batch 128,
+AdamW 3e-3: one-class predictions at every epsilon) is in results/privacy_v1/, made by this script's first
+version (`git show 9fff036:benchmarks/privacy.py`).
+
+    HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.privacy > privacy.log 2>&1 &
+    .venv/bin/python -m benchmarks.privacy --only silo-fedtt-eps8-s0 --list
+    .venv/bin/python -m benchmarks.privacy --report
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 import time
+from pathlib import Path
 
 from benchmarks._common import RESULTS, publish
-from fedtt_flwr.data import default_data_dir
 
 OUT = RESULTS / "privacy"
 RUNS = RESULTS.parent / "out" / "privacy"
-DOC = RESULTS.parents[1] / "docs" / "privacy.md"
-CLIENTS = 10
-#: DP-SGD needs large batches: the noise on the averaged gradient has norm ~ sigma * C * sqrt(d) / batch (d = 16,370
-#: travelling values); at batch 16 it is 3-7x the clipped signal for epsilon 8..1 and FedTT never left one-class
-#: predictions (results/privacy/batch16-eps8.json). Batch 128 with 2 local steps was too little training for any
-#: run, DP or not, to leave one-class predictions in 10 rounds (results/privacy/batch128-steps2-eps8.json).
-BASE = {"model": "minilm", "task": "sst2", "method": "fedtt", "num-server-rounds": 10, "local-steps": 5,
-        "batch-size": 128, "max-length": 64, "lr": 3e-3, "partition": "iid", "fraction-train": 0.5,
-        "min-clients": 5, "eval-every": 2, "dp-delta": 1e-5, "dp-max-grad-norm": 1.0, "seed": 0}
-VARIANTS = {"no-dp": {}, "eps8": {"dp": "epsilon", "dp-epsilon": 8.0}, "eps3": {"dp": "epsilon", "dp-epsilon": 3.0},
-            "eps1": {"dp": "epsilon", "dp-epsilon": 1.0}}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "privacy.md"
+BATCH, PHYSICAL, ROUNDS, STEPS, LR, CLIP = 512, 64, 5, 4, 0.5, 1.0
+BASE = {"model": "minilm", "task": "sst2", "partition": "iid", "max-length": 64, "num-server-rounds": ROUNDS,
+        "local-steps": STEPS, "batch-size": BATCH, "dp-physical-batch": PHYSICAL, "lr": LR, "optimizer": "sgd",
+        "dp-max-grad-norm": CLIP, "dp-delta": 1e-5, "logit-adjust": 0.0, "eval-every": 1, "eval-batch-size": 256}
+SETTINGS = {"silo": (3, 3), "device": (10, 5)}  # clients, clients per round
+METHODS = ("fedtt", "fedtt+", "lora", "ffa-lora")
+EPSILONS = (8.0, 3.0, 1.0, None)  # None: the same budget without DP
 
 
-def run(name: str) -> dict:
+def cells(seeds: tuple[int, ...]) -> list[tuple[str, str, float | None, int]]:
+    """Priority order: what the acceptance names first (FedTT cross-silo at 8 and 3, and without DP), then the
+    other methods, epsilon 1, the cross-device setting; seed by seed."""
+    out = []
+    for seed in seeds:
+        first = [("silo", "fedtt", e, seed) for e in (8.0, 3.0, None)]
+        rest = [(s, m, e, seed) for s in SETTINGS for m in METHODS for e in EPSILONS]
+        out += first + [c for c in rest if c not in first]
+    return out
+
+
+def key(setting: str, method: str, eps: float | None, seed: int) -> str:
+    return f"{setting}-{method.replace('+', 'plus')}-{'nodp' if eps is None else f'eps{eps:g}'}-s{seed}"
+
+
+def run_cell(setting: str, method: str, eps: float | None, seed: int) -> dict:
+    from fedtt_flwr.data import default_data_dir
     from fedtt_flwr.inprocess import run_inprocess
 
-    cfg = {**BASE, **VARIANTS[name], "run-name": name, "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
+    clients, per_round = SETTINGS[setting]
+    name = key(setting, method, eps, seed)
+    dp = {"dp": "off"} if eps is None else {"dp": "epsilon", "dp-epsilon": eps}
+    cfg = {**BASE, **dp, "method": method, "seed": seed, "fraction-train": per_round / clients,
+           "min-clients": per_round, "run-name": name, "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
     shutil.rmtree(RUNS / name, ignore_errors=True)
     t0 = time.perf_counter()
-    run_inprocess(cfg, CLIENTS)
+    run_inprocess(cfg, clients)
     lines = [json.loads(x) for x in (RUNS / name / "metrics.jsonl").read_text().splitlines()]
     dp_lines = [x for x in lines if "dp_epsilon_max" in x]
-    return {"settings": {**BASE, **VARIANTS[name]}, "final_accuracy": lines[-1]["accuracy"],
+    return {"setting": setting, "method": method, "epsilon": eps, "seed": seed, "run_config": cfg,
+            "final_accuracy": lines[-1]["accuracy"],
             "curve": [(x["round"], x["accuracy"]) for x in lines if x.get("accuracy") is not None],
-            "epsilon_max": dp_lines[-1]["dp_epsilon_max"] if dp_lines else None,
-            "epsilon_mean": dp_lines[-1]["dp_epsilon_mean"] if dp_lines else None,
+            "epsilon_spent_max": dp_lines[-1]["dp_epsilon_max"] if dp_lines else None,
+            "client_train_s_max": [x.get("client_train_s_max") for x in lines[1:]],
             "errors": sum(x.get("errors", 0) for x in lines), "wall_s": round(time.perf_counter() - t0, 1),
-            "command": f".venv/bin/python -m benchmarks.privacy  # variant {name}"}
-
-
-def table(results: dict) -> str:
-    rows = ["| run | target epsilon | spent epsilon after the last round (max / mean over that round's clients) | "
-            "final dev accuracy | best dev accuracy after round 0 | wall |", "|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        target = r["settings"].get("dp-epsilon", "-")
-        spent = f"{r['epsilon_max']:.2f} / {r['epsilon_mean']:.2f}" if r["epsilon_max"] is not None else "-"
-        rows.append(f"| {name} | {target} | {spent} | {100 * r['final_accuracy']:.1f} % | "
-                    f"{100 * max(a for rnd, a in r['curve'] if rnd > 0):.1f} % | {r['wall_s']:.0f} s |")
-    return "\n".join(rows)
+            "command": f".venv/bin/python -m benchmarks.privacy --only {name}"}
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="cell keys, comma-separated (e.g. silo-fedtt-eps8-s0)")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    only = [] if sys.argv[1:] == ["--report"] else sys.argv[1:] or list(VARIANTS)
-    for name in only:
-        path = OUT / f"{name}.json"
-        if not path.exists():
-            print(f"[privacy] {name}", flush=True)
-            path.write_text(json.dumps(run(name), indent=1))
-    results = {n: json.loads((OUT / f"{n}.json").read_text()) for n in VARIANTS if (OUT / f"{n}.json").exists()}
-    text = table(results)
-    publish(DOC, {"privacy-run": text})
+    todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
+            if not args.only or key(*c) in args.only.split(",")]
+    if args.list:
+        for c in todo:
+            print(key(*c), "done" if (OUT / f"{key(*c)}.json").exists() else "todo")
+        return
+    if not args.report:
+        for c in todo:
+            path = OUT / f"{key(*c)}.json"
+            if path.exists():
+                continue
+            print(f"[privacy] {key(*c)}", flush=True)
+            result = run_cell(*c)
+            path.write_text(json.dumps(result, indent=1))
+            print(f"[privacy] {key(*c)} done in {result['wall_s']:.0f}s: accuracy {result['final_accuracy']:.4f}",
+                  flush=True)
+    report()
+
+
+def report() -> None:
+    """Final dev accuracy per setting and method against epsilon (seeds separated by /), and the plot."""
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json")) if "setting" in p.read_text()[:200]]
+    if not results:
+        print("no finished cells yet")
+        return
+    cols = list(EPSILONS)
+    head = " | ".join("no DP" if e is None else f"epsilon {e:g}" for e in cols)
+    rows = [f"| setting | method | {head} |", "|---|---|" + "---|" * len(cols)]
+    for setting in SETTINGS:
+        for method in METHODS:
+            cell = []
+            for e in cols:
+                accs = [f"{100 * r['final_accuracy']:.1f}" for r in sorted(results, key=lambda r: r["seed"])
+                        if (r["setting"], r["method"], r["epsilon"]) == (setting, method, e)]
+                cell.append(" / ".join(accs) or "-")
+            if any(c != "-" for c in cell):
+                rows.append(f"| {setting} | {method} | " + " | ".join(cell) + " |")
+    table = "\n".join(rows)
+    _plot(results)
+    publish(DOC, {"privacy-grid": table})
+
+
+def _plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
+    for ax, setting in zip(axes, SETTINGS, strict=True):
+        for method in METHODS:
+            pts = sorted((r["epsilon"], 100 * r["final_accuracy"]) for r in results
+                         if r["setting"] == setting and r["method"] == method and r["epsilon"] is not None)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ls="", label=method)
+        ax.axhline(50.9, color="grey", lw=0.8, ls=":", label="majority class")
+        ax.set_xscale("log")
+        ax.set_xlabel("epsilon (delta 1e-5)")
+        ax.set_ylabel("SST-2 dev accuracy, %")
+        ax.set_title(f"{setting}: {SETTINGS[setting][0]} clients, {SETTINGS[setting][1]} per round")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = DOC.parent / "img" / "privacy.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
