@@ -9,8 +9,9 @@ docs/privacy.md.
 
 The recipe (from benchmarks/dp_probe.py; the literature's: large expected batches, few trained values):
 expected batch ``BATCH`` in pieces of ``PHYSICAL`` (flat memory), ``ROUNDS`` rounds of ``STEPS`` local steps,
-SGD with momentum 0.9 at ``LR`` (AdamW's per-coordinate normalisation turns the noise on the adapters, whose share of the clipped
-signal is ~1 %, into full-size steps: 0.59 after 60 steps at epsilon 8 against SGD's 0.79 after 20), C = ``CLIP``;
+SGD with momentum 0.9 at ``LR`` (AdamW's per-coordinate normalisation turns the noise on the adapters, whose
+share of the clipped signal is ~1 %, into full-size steps: 0.59 after 60 steps at epsilon 8 against SGD's 0.79
+after 20), C = ``CLIP``;
 the noise planned by each client for all of its steps (dp = epsilon). The first study (10 clients, batch 128,
 AdamW 3e-3: one-class predictions at every epsilon) is in results/privacy_v1/, made by this script's first
 version (`git show 9fff036:benchmarks/privacy.py`).
