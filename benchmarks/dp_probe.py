@@ -53,7 +53,7 @@ def probe(args: argparse.Namespace) -> dict:
     loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=args.seed,
                          prompt_task=prompt_task(cfg))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = make_optimizer(trainable, cfg.local_optimizer, cfg.base_lr, cfg.weight_decay, cfg.momentum)
     curve, done, t0 = [], 0, time.perf_counter()
     curve.append({"step": 0, "accuracy": evaluate(model, dev, task_of(cfg), sess.device)["accuracy"]})
     while done < args.steps:

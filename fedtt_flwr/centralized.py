@@ -70,7 +70,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer, 128, False,
                              prompt_task=prompts)
     steps = math.ceil(cfg.epochs * len(train_loader))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.base_lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * steps), steps)
     print(f"fine-tuning {cfg.model} ({cfg.method}) on {cfg.task}: {len(train)} examples, {steps} steps, "
           f"device {device}", flush=True)

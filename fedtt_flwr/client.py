@@ -192,7 +192,8 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
     torch.manual_seed(seed)
     loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed, prompt_task=prompt_task(cfg))
-    optimizer = make_optimizer(trainable, cfg.optimizer, cfg.round_lr(server_round), cfg.weight_decay, cfg.momentum)
+    optimizer = make_optimizer(trainable, cfg.local_optimizer, cfg.round_lr(server_round), cfg.weight_decay,
+                               cfg.momentum)
     extra = {}
     started = time.perf_counter()
     dp = settings_for(cfg, len(data))

@@ -67,6 +67,8 @@ class TTAdapterConfig(BaseModel):
 
 
 Partition = Literal["iid", "dirichlet", "pathological", "column"]
+#: ``lr = "auto"`` per local optimizer: AdamW's default of the measured runs; SGD's under DP (benchmarks/dp_probe.py)
+AUTO_LR = {"adamw": 3e-3, "sgd": 0.5}
 ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian", "fedtrimmedavg"]
 
 
@@ -168,12 +170,16 @@ class RunConfig(BaseModel):
     # local training
     local_steps: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0, description="the clients' learning rate (before lr-schedule)")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="the clients' learning rate (before lr-schedule); auto: 3e-3 for adamw, 0.5 for sgd "
+                            "under dp (benchmarks/dp_probe.py); sgd without dp needs a value")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="the clients' lr over the rounds: constant; cosine: from lr in round 1 down to "
                                 "lr * lr-final in the last round (quiets late rounds' client drift)")
     lr_final: float = Field(0.1, ge=0, le=1, description="lr-schedule=cosine: last round's lr as a fraction of lr")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the clients' local optimizer")
+    optimizer: Literal["auto", "adamw", "sgd"] = Field(
+        "auto", description="the clients' local optimizer; auto: sgd (with momentum) under dp, where AdamW's "
+                            "per-coordinate normalisation turns the noise into full-size steps; adamw otherwise")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer = sgd)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
@@ -291,12 +297,31 @@ class RunConfig(BaseModel):
             return 0.0 if self.dp != "off" else 1.0
         return float(self.logit_adjust)
 
+    @property
+    def local_optimizer(self) -> str:
+        """``optimizer`` with ``auto`` resolved: SGD under DP, AdamW otherwise."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "sgd" if self.dp != "off" else "adamw"
+
+    @property
+    def base_lr(self) -> float:
+        """``lr`` with ``auto`` resolved for the local optimizer (see :data:`AUTO_LR`)."""
+        return self.lr if self.lr != "auto" else AUTO_LR[self.local_optimizer]
+
+    @model_validator(mode="after")
+    def _auto_lr_is_known(self) -> RunConfig:
+        if self.lr == "auto" and self.local_optimizer == "sgd" and self.dp == "off":
+            raise ValueError("lr = 'auto' knows AdamW's 3e-3 and DP-SGD's 0.5, not plain SGD's: set lr for optimizer "
+                             "= 'sgd' without dp")
+        return self
+
     def round_lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round`` (1-based) under ``lr-schedule``."""
         if self.lr_schedule == "constant" or self.num_server_rounds <= 1:
-            return self.lr
+            return self.base_lr
         progress = min(max(server_round - 1, 0) / (self.num_server_rounds - 1), 1.0)
-        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.base_lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     @classmethod
     def from_flower(cls, run_config: dict) -> RunConfig:

@@ -253,3 +253,18 @@ def test_dp_on_a_decoder_trains_only_the_adapters(tiny_llama_dir, tiny_sst2_dir)
                    torch.device("cpu"), DPSettings(1.0, 1.0, 1e-5, 0.0), seed=0)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and moved <= set(model.fedtt_state_names)
+
+
+def test_auto_optimizer_and_lr_pick_sgd_under_dp_and_adamw_otherwise():
+    plain, private = RunConfig(), RunConfig(dp="epsilon", dp_epsilon=8.0)
+    assert (plain.local_optimizer, plain.base_lr) == ("adamw", 3e-3)
+    assert (private.local_optimizer, private.base_lr) == ("sgd", 0.5)
+    assert private.round_lr(1) == 0.5
+    mine = RunConfig(dp="sigma", optimizer="adamw", lr=1e-3)  # what a user sets wins
+    assert (mine.local_optimizer, mine.base_lr) == ("adamw", 1e-3)
+    assert RunConfig(dp="sigma", optimizer="adamw").base_lr == 3e-3
+    with pytest.raises(ValueError, match="set lr for optimizer = 'sgd' without dp"):
+        RunConfig.from_flower({"optimizer": "sgd"})
+    assert RunConfig.from_flower({"optimizer": "sgd", "lr": 0.05}).base_lr == 0.05
+    with pytest.raises(ValueError, match="'lr'"):
+        RunConfig.from_flower({"lr": "fast"})
