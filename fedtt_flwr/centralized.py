@@ -14,7 +14,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from .adapters import count_parameters
 from .checkpoint import save_adapter
-from .config import RunConfig
+from .config import AUTO_LR, RunConfig
 from .data import load_task, with_labels
 from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
@@ -70,7 +70,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     dev_loader = make_loader(tokenize(dev, tokenizer, cfg.max_length, prompts), tokenizer, 128, False,
                              prompt_task=prompts)
     steps = math.ceil(cfg.epochs * len(train_loader))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.base_lr)
+    lr = AUTO_LR["adamw"] if cfg.lr == "auto" else cfg.lr  # centralized runs always train with AdamW, never DP
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * steps), steps)
     print(f"fine-tuning {cfg.model} ({cfg.method}) on {cfg.task}: {len(train)} examples, {steps} steps, "
           f"device {device}", flush=True)

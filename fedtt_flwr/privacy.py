@@ -90,14 +90,18 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
     forward/backward passes whose clipped gradients add up before the one noisy step (Opacus' skip-step
     accumulation, as its BatchMemoryManager does): large expected batches in flat memory, the same update.
     The model comes back unwrapped, with no Opacus hooks."""
-    from opacus.data_loader import DPDataLoader
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
     generator = torch.Generator().manual_seed(seed)
-    poisson = DPDataLoader.from_data_loader(loader, generator=generator)
+    # Opacus' DPDataLoader sampling (each example in with probability 1 / batches per epoch), with an empty draw
+    # handed over as None: its own stand-in for one is built from the first example and fails on dict examples
+    sampler = UniformWithReplacementSampler(num_samples=len(loader.dataset), sample_rate=1 / len(loader),
+                                            generator=generator)
+    poisson = DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=_none_if_empty(loader.collate_fn))
     gsm = GradSampleModule(model, force_functorch=True, loss_reduction="mean", strict=False)
-    expected = max(1, int(len(loader.dataset) * poisson.sample_rate))  # as Opacus' make_private sets it
+    expected = max(1, len(loader.dataset) // len(loader))  # n * q, floored exactly (q = 1 / batches per epoch)
     dp_opt = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                          expected_batch_size=expected, loss_reduction="mean", generator=generator)
     model.train()
@@ -106,9 +110,9 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
     try:
         for step in range(1, steps + 1):
             batch = next(batches)
-            size = _batch_size(batch)
-            if size == 0:  # an empty Poisson draw: nothing to add but noise; skip it
+            if batch is None:  # an empty Poisson draw: skipped; the accountant still counts the step (over-counts)
                 continue
+            size = _batch_size(batch)
             chunks = _chunks(batch, dp.physical_batch or size)
             dp_opt.zero_grad(set_to_none=True)
             step_loss = 0.0
@@ -120,6 +124,7 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
                 with warnings.catch_warnings():  # Opacus' hooks on a frozen backbone: inputs need no gradient
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
+                _check_one_row_per_example(model, _batch_size(chunk))
                 dp_opt.step()
                 if i < len(chunks) - 1:
                     dp_opt.zero_grad(set_to_none=True)  # after a skipped step: per-example grads only
@@ -128,8 +133,24 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
             seen += size
     finally:
         dp_opt.zero_grad(set_to_none=True)
+        for p in dp_opt.params:  # accumulated clipped gradients of a step an error cut short
+            p.summed_grad = None
         gsm.to_standard_module()
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "num_examples": seen}
+
+
+def _check_one_row_per_example(model: nn.Module, size: int) -> None:
+    """Opacus clips one per-sample gradient per row of a layer's input: a model that runs more rows than examples
+    (a prompt-scored decoder's second pass over multi-token answers, one row per candidate) would clip per row, and
+    an example could weigh several times C. Refuse it rather than report an epsilon that does not hold."""
+    for name, p in model.named_parameters():
+        rows = getattr(p, "grad_sample", None)
+        if rows is not None and rows.shape[0] != size:
+            raise ValueError(
+                f"dp: {name} got per-sample gradients for {rows.shape[0]} rows from a batch of {size} examples (a "
+                "prompt with multi-token answers or several candidates per example runs one row per candidate), so "
+                "per-example clipping would not bound an example's gradient; train this task without dp, or with "
+                "one-token answers")
 
 
 def _batch_size(batch: dict) -> int:
@@ -162,6 +183,13 @@ def per_example_token_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_in
                                         ignore_index=ignore_index, reduction="none").view_as(targets)
     mask = targets != ignore_index
     return (token * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _none_if_empty(collate):
+    def wrapped(features: list):
+        return collate(features) if features else None
+
+    return wrapped
 
 
 def _endless(loader: DataLoader) -> Iterator[dict]:

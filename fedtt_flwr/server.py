@@ -148,6 +148,9 @@ def _resume_folder(cfg: RunConfig) -> Path:
     # a key added since that run was written counts as its default
     before = {**RunConfig().model_dump(by_alias=True), **json.loads(saved.read_text())["run_config"]}
     now = cfg.model_dump(by_alias=True)
+    for values in (before, now):  # "auto" and the value it stands for are the same setting
+        resolved = RunConfig.from_flower(values)
+        values.update(lr=resolved.base_lr, optimizer=resolved.local_optimizer)
     changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
         raise ValueError(f"resume: settings differ from the run in {folder}: "

@@ -386,3 +386,16 @@ def test_the_params_report_gives_a_real_runs_bytes(tmp_path, tiny_model_dir, tin
     assert main(["params", "--model", str(tiny_model_dir), "--train-layernorm", "auto"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert lines[1]["bytes_up"] == lines[1]["replies"] * report["methods_packed"]["fedtt"]["bytes_up_per_round"]
+
+
+def test_resume_takes_auto_and_the_value_it_stands_for_as_the_same_setting(tmp_path):
+    """A run written before lr/optimizer became 'auto' (lr 0.003, adamw) resumes under today's defaults."""
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.server import _resume_folder
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"run_config": {"lr": 0.003, "optimizer": "adamw"}}))
+    assert _resume_folder(RunConfig(resume=str(folder))) == folder.resolve()
+    with pytest.raises(ValueError, match="settings differ.*lr=0.003 -> 0.01"):
+        _resume_folder(RunConfig(resume=str(folder), lr=0.01))

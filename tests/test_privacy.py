@@ -268,3 +268,30 @@ def test_auto_optimizer_and_lr_pick_sgd_under_dp_and_adamw_otherwise():
     assert RunConfig.from_flower({"optimizer": "sgd", "lr": 0.05}).base_lr == 0.05
     with pytest.raises(ValueError, match="'lr'"):
         RunConfig.from_flower({"lr": "fast"})
+
+
+def test_an_empty_first_poisson_draw_is_skipped_not_a_crash():
+    """Expected batch 1 of 64 examples: a draw is empty with probability ~0.37, and Opacus hands an empty first
+    draw over as a list, not a dict; over ten seeds some round starts with one."""
+    for seed in range(10):
+        torch.manual_seed(0)
+        model = _Toy()
+        data = [{"x": torch.randn(16), "labels": torch.tensor(i % 2)} for i in range(64)]
+        loader = torch.utils.data.DataLoader(data, batch_size=1)
+        stats = dp_train_steps(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), 3, torch.device("cpu"),
+                               DPSettings(1.0, 1.0, 1e-5, 0.0), seed)
+        assert stats["num_examples"] >= 0
+
+
+class _TwoRowsPerExample(_Toy):
+    """Runs each example through the TT layer twice (as a prompt scorer runs one row per candidate answer)."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor):
+        h = self.tt(torch.cat([x, -x]))
+        logits = self.head(torch.tanh(h[: len(x)] + h[len(x):]))
+        return type("Out", (), {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits})()
+
+
+def test_dp_refuses_a_model_that_runs_more_rows_than_examples():
+    with pytest.raises(ValueError, match="per-sample gradients for .* rows from a batch of"):
+        _toy_run(sigma=1.0, clip=1.0, model=_TwoRowsPerExample())

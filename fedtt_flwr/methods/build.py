@@ -73,6 +73,8 @@ class Resolved:
     train_layernorm: bool | Literal["weight"]
     logit_adjust: float
     fraction_evaluate: float
+    optimizer: str  # the clients' local optimizer
+    lr: float  # the clients' learning rate before lr-schedule
 
     def adapter_config(self, cfg: RunConfig) -> TTAdapterConfig:
         return TTAdapterConfig(rank=cfg.rank, bottleneck=cfg.bottleneck, bias=cfg.adapter_bias,
@@ -83,7 +85,7 @@ class Resolved:
         """For the log and config.json."""
         return {"adapter-init": self.adapter_init, "train-layernorm": self.train_layernorm,
                 "logit-adjust": self.logit_adjust, "pooling": self.pooling,
-                "fraction-evaluate": self.fraction_evaluate}
+                "fraction-evaluate": self.fraction_evaluate, "optimizer": self.optimizer, "lr": self.lr}
 
 
 def resolve(cfg: RunConfig) -> Resolved:
@@ -100,7 +102,8 @@ def resolve(cfg: RunConfig) -> Resolved:
         adapter_init=cfg.adapter_init if cfg.adapter_init != "auto" else ("near-identity" if tt_head else "loretta"),
         train_layernorm=cfg.train_layernorm if cfg.train_layernorm != "auto" else ("weight" if tt_head else False),
         logit_adjust=cfg.logit_tau() if task_of(cfg).kind == "classification" else 0.0,
-        fraction_evaluate=cfg.fraction_evaluate or (1.0 if method.personal else 0.0))
+        fraction_evaluate=cfg.fraction_evaluate or (1.0 if method.personal else 0.0), optimizer=cfg.local_optimizer,
+        lr=cfg.base_lr)
 
 
 def build_model(cfg: RunConfig, resolved: Resolved | None = None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
