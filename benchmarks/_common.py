@@ -63,3 +63,18 @@ def publish(doc: Path, blocks: dict[str, str], echo: bool = True) -> None:
         for name, content in blocks.items():
             text = replace_block(text, name, content)
         doc.write_text(text)
+
+
+def run_cells(todo: list[tuple], key: Callable[..., str], out: Path, run_cell: Callable[..., dict], label: str,
+              list_only: bool = False, summary: Callable[[dict], object] = lambda r: "") -> None:
+    """A resumable grid: ``--list`` prints each cell's state; otherwise every cell without a JSON in ``out`` runs and
+    its result is written as soon as it finishes, so an interrupted grid resumes where it stopped."""
+    for cell in todo:
+        path = out / f"{key(*cell)}.json"
+        if list_only:
+            print(key(*cell), "done" if path.exists() else "todo")
+        elif not path.exists():
+            print(f"[{label}] {key(*cell)}", flush=True)
+            result = run_cell(*cell)
+            path.write_text(json.dumps(result, indent=1))
+            print(f"[{label}] {key(*cell)} done in {result['wall_s']:.0f}s: {summary(result)}", flush=True)

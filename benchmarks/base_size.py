@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish
+from benchmarks._common import RESULTS, publish, run_cells
 
 OUT = RESULTS / "base_size"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -84,20 +84,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
             if not args.only or key(*c) in args.only.split(",")]
-    if args.list:
-        for c in todo:
-            print(key(*c), "done" if (OUT / f"{key(*c)}.json").exists() else "todo")
-        return
     if not args.report:
-        for c in todo:
-            path = OUT / f"{key(*c)}.json"
-            if path.exists():
-                continue
-            print(f"[base-size] {key(*c)}", flush=True)
-            result = run_cell(*c)
-            path.write_text(json.dumps(result, indent=1))
-            print(f"[base-size] {key(*c)} done in {result['wall_s']:.0f}s: {result['final']}", flush=True)
-    report()
+        run_cells(todo, key, OUT, run_cell, "base-size", args.list, lambda r: r["final"])
+    if not args.list:
+        report()
 
 
 def report() -> None:

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish
+from benchmarks._common import RESULTS, publish, run_cells
 
 OUT = RESULTS / "instruct"
 RUNS = RESULTS.parent / "out" / "instruct"
@@ -88,19 +88,12 @@ def main() -> None:
     todo = [(c, int(s)) for s in args.seeds.split(",") for c in CELLS
             if not args.only or c in args.only.split(",")]
     if args.list:
-        for c in todo:
-            print(key(*c), "done" if (OUT / f"{key(*c)}.json").exists() else "todo")
+        run_cells(todo, key, OUT, run_cell, "instruct", list_only=True)
         return
     if not args.report:
-        mix = args.mix or _default_mix()
-        for c in todo:
-            path = OUT / f"{key(*c)}.json"
-            if path.exists():
-                continue
-            print(f"[instruct] {key(*c)}", flush=True)
-            result = run_cell(*c, mix.resolve())
-            path.write_text(json.dumps(result, indent=1))
-            print(f"[instruct] {key(*c)} done in {result['wall_s']:.0f}s: {result['final']}", flush=True)
+        mix = (args.mix or _default_mix()).resolve()
+        run_cells(todo, key, OUT, lambda cell, seed: run_cell(cell, seed, mix), "instruct",
+                  summary=lambda r: r["final"])
     report()
 
 

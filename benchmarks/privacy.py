@@ -29,7 +29,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish
+from benchmarks._common import RESULTS, publish, run_cells
 
 OUT = RESULTS / "privacy"
 RUNS = RESULTS.parent / "out" / "privacy"
@@ -91,21 +91,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
             if not args.only or key(*c) in args.only.split(",")]
-    if args.list:
-        for c in todo:
-            print(key(*c), "done" if (OUT / f"{key(*c)}.json").exists() else "todo")
-        return
     if not args.report:
-        for c in todo:
-            path = OUT / f"{key(*c)}.json"
-            if path.exists():
-                continue
-            print(f"[privacy] {key(*c)}", flush=True)
-            result = run_cell(*c)
-            path.write_text(json.dumps(result, indent=1))
-            print(f"[privacy] {key(*c)} done in {result['wall_s']:.0f}s: accuracy {result['final_accuracy']:.4f}",
-                  flush=True)
-    report()
+        run_cells(todo, key, OUT, run_cell, "privacy", args.list, lambda r: f"accuracy {r['final_accuracy']:.4f}")
+    if not args.list:
+        report()
 
 
 def report() -> None:
