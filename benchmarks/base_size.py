@@ -39,10 +39,9 @@ MAX_LENGTH = {"sst2": 64, "mrpc": 128, "stsb": 128}
 
 
 def cells(seeds: tuple[int, ...] = (0, 1)) -> list[tuple[str, str, int]]:
-    """Priority order, seed by seed: what the acceptance compares (FedTT and LoRA on SST-2 and MRPC), then
-    FedTT+ on those, then STS-B."""
-    order = [(t, m) for t in ("sst2", "mrpc") for m in ("fedtt", "lora")]
-    order += [(t, "fedtt+") for t in ("sst2", "mrpc")] + [("stsb", m) for m in METHODS]
+    """Priority order, seed by seed: what the acceptance compares (FedTT and LoRA on SST-2 and MRPC), then the
+    same pair on STS-B, then FedTT+ on all three."""
+    order = [(t, m) for t in TASKS for m in ("fedtt", "lora")] + [(t, "fedtt+") for t in TASKS]
     return [(task, method, seed) for seed in seeds for task, method in order]
 
 

@@ -1,28 +1,28 @@
-"""fedtt-flwr: federated fine-tuning of Hugging Face models with tensor-train adapters (FedTT, FedTT+)."""
+"""fedtt-flwr: federated fine-tuning of Hugging Face models with tensor-train adapters (FedTT, FedTT+).
 
-from .adapters import (
-    TTAdapter,
-    add_tt_adapters,
-    count_parameters,
-    get_adapter_state,
-    set_adapter_state,
-    tt_layers,
-)
-from .config import TTAdapterConfig
-from .models import load_model, pick_device
-from .tt import TTLinear, tt_num_params, tt_shape
+The public names load on first use, so that light modules (the ClientApp's hand-off to a training worker,
+the CLI's help) do not pay for importing torch."""
 
-__all__ = [
-    "TTAdapter",
-    "TTAdapterConfig",
-    "TTLinear",
-    "add_tt_adapters",
-    "count_parameters",
-    "get_adapter_state",
-    "load_model",
-    "pick_device",
-    "set_adapter_state",
-    "tt_layers",
-    "tt_num_params",
-    "tt_shape",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "TTAdapter": "adapters",
+    "add_tt_adapters": "adapters",
+    "count_parameters": "adapters",
+    "get_adapter_state": "adapters",
+    "set_adapter_state": "adapters",
+    "tt_layers": "adapters",
+    "TTAdapterConfig": "config",
+    "load_model": "models",
+    "pick_device": "models",
+    "TTLinear": "tt",
+    "tt_num_params": "tt",
+    "tt_shape": "tt",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

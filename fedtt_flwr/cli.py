@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .worker import WorkerError
+
 
 def _params(args: argparse.Namespace) -> int:
     from .config import TTAdapterConfig
@@ -230,7 +232,7 @@ def _deploy(args: argparse.Namespace) -> int:
         else:
             cmd = deploy.supernode_command(args.superlink, args.ca, args.key,
                                            deploy.node_config(args.data_dir, args.partition_id, args.num_partitions,
-                                                              args.train_file, args.dev_file),
+                                                              args.train_file, args.dev_file, args.worker),
                                            args.port, exe=deploy.flower_bin("flower-supernode"))
             home = Path(args.flwr_home)
         print(shlex.join(cmd), flush=True)
@@ -266,10 +268,29 @@ def _loopback(args: argparse.Namespace) -> int:
     if not overrides.get("data-dir"):
         raise ValueError("loopback splits a local data folder between its SuperNodes: --set data-dir=/abs/path")
     nodes = [deploy.node_config(overrides["data-dir"], i, args.nodes) for i in range(args.nodes)]
-    result = deploy.loopback(work, overrides, nodes, timeout=args.timeout)
+    result = deploy.loopback(work, overrides, nodes, timeout=args.timeout, workers=not args.no_worker)
     print(_json.dumps(result, indent=2))
     _results_line(overrides)
     return 0 if result["status"] == "finished:completed" else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from . import worker
+    from .processes import exit_on_signals
+
+    if args.status:
+        print(_json.dumps(worker.status(args.socket), indent=2))
+        return 0
+    exit_on_signals()  # SIGTERM (systemd stop) unwinds: the socket file is removed
+    server = worker.Worker(args.socket)
+    server.bind()
+    from . import client  # noqa: F401  torch and transformers now, not in the first round
+
+    server.log("ready")
+    server.serve_forever()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--partition-id", type=int, help="train on this partition of --data-dir (shared folders)")
     sn.add_argument("--num-partitions", type=int)
     sn.add_argument("--key", required=True, help="this node's private key (`deploy node-key`)")
+    sn.add_argument("--worker", help="socket of this node's training worker (`fedtt-flwr worker`): the model and "
+                                     "data stay loaded between rounds")
     sn.add_argument("--port", type=int, default=9094, help="its local ClientApp API port (one per node on a host)")
     sn.add_argument("--flwr-home", default=str(Path.home() / ".fedtt-flwr" / "supernode"))
     for p_ in (sl, sn):
@@ -387,7 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--work-dir", help="certificates, keys, logs (default: a temporary folder)")
     lb.add_argument("--timeout", type=float, default=6 * 3600)
     lb.add_argument("--set", action="append", metavar="KEY=VALUE", help="run-config override (repeatable)")
+    lb.add_argument("--no-worker", action="store_true", help="no training worker beside each SuperNode: a new "
+                                                             "ClientApp process loads the model every round")
     lb.set_defaults(func=_loopback)
+
+    w = sub.add_parser("worker", help="a node's training worker: keeps the model and data loaded between rounds "
+                                      "for its SuperNode's ClientApps (docs/deployment.md)")
+    w.add_argument("--socket", required=True, help="Unix socket path (its folder: owner-only, created if absent); "
+                                                   "the SuperNode's node config names it as worker=\"PATH\"")
+    w.add_argument("--status", action="store_true", help="print a running worker's counters and exit")
+    w.set_defaults(func=_worker)
     return parser
 
 
@@ -410,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"fedtt-flwr {args.command}: {format_validation_error(exc, 'setting')}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, OSError, KeyError, WorkerError) as exc:
         print(f"fedtt-flwr {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

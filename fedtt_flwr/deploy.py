@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -153,10 +154,11 @@ def superlink_command(cert_dir: str | os.PathLike, state_dir: str | os.PathLike,
 
 
 def node_config(data_dir: str | None = None, partition_id: int | None = None,
-                num_partitions: int | None = None, train_file: str | None = None, dev_file: str | None = None) -> str:
+                num_partitions: int | None = None, train_file: str | None = None, dev_file: str | None = None,
+                worker: str | os.PathLike | None = None) -> str:
     """The ``--node-config`` string of a SuperNode: its own data folder or files (a custom task), or a partition
-    of a shared folder."""
-    items = []
+    of a shared folder; with ``worker`` its ClientApp hands every message to that training worker's socket."""
+    items = [f'worker="{Path(worker).expanduser().resolve()}"'] if worker else []
     if data_dir:
         items.append(f'data-dir="{Path(data_dir).expanduser().resolve()}"')
     for key, value in (("train-file", train_file), ("dev-file", dev_file)):
@@ -166,7 +168,7 @@ def node_config(data_dir: str | None = None, partition_id: int | None = None,
         items.append(f"partition-id={int(partition_id)}")
     if num_partitions is not None:
         items.append(f"num-partitions={int(num_partitions)}")
-    if not items:
+    if len(items) == bool(worker):
         raise ValueError("a SuperNode needs its data: a data folder, or a partition-id and num-partitions")
     return " ".join(items)
 
@@ -183,6 +185,31 @@ def supernode_command(superlink: str, ca_cert: str | os.PathLike, private_key: s
     if private_key:
         cmd += ["--auth-supernode-private-key", str(Path(private_key).expanduser().resolve())]
     return cmd
+
+
+def worker_command(sock: str | os.PathLike) -> list[str]:
+    """``fedtt-flwr worker``: the node's long-lived training process, serving its ClientApps on ``sock``."""
+    return [sys.executable, "-m", "fedtt_flwr.cli", "worker", "--socket", str(Path(sock).expanduser().resolve())]
+
+
+def start_worker(procs: Processes, sock: Path, env: dict, log_file: Path, timeout: float = 300) -> dict:
+    """Start a training worker under ``procs`` and wait until it answers on ``sock``; its status."""
+    from .worker import WorkerError, status
+
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.parent.chmod(0o700)  # the worker refuses a folder others can enter
+    proc = procs.start(worker_command(sock), env, log_file, sock.parent)
+
+    def ready() -> dict | None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the training worker exited at start-up with code {proc.returncode}: "
+                               f"{log_file.read_text()[-2000:]}")
+        try:
+            return status(sock)
+        except WorkerError:
+            return None
+
+    return _wait(ready, timeout, f"the training worker did not answer on {sock}", interval=0.5)
 
 
 def cli_connection(name: str, address: str, ca_cert: str | os.PathLike) -> str:
@@ -235,12 +262,15 @@ def _wait(condition, timeout: float, what: str, interval: float = 1.0):
 
 
 def loopback(work_dir: str | os.PathLike, run_config: dict, node_configs: list[str], *,
-             check_unregistered: bool = True, timeout: float = 3600, stream: bool = True) -> dict:
+             check_unregistered: bool = True, timeout: float = 3600, stream: bool = True,
+             workers: bool = True) -> dict:
     """The whole secure deployment on this machine: certificates, a SuperLink with TLS and SuperNode
-    authentication, one registered SuperNode per node config, optionally an unregistered SuperNode
-    (which must be refused), then the app, until its final status. Every process is stopped at the end.
+    authentication, one registered SuperNode per node config (each with its training worker unless
+    ``workers=False``), optionally an unregistered SuperNode (which must be refused), then the app, until its
+    final status. Every process is stopped at the end.
 
-    Returns what happened: the run status, the unregistered node's exit code, node ids, timings."""
+    Returns what happened: the run status, the unregistered node's exit code, node ids, the workers' counters,
+    timings."""
     work = Path(work_dir).resolve()
     certs = make_certificates(work / "certs", ["127.0.0.1", "localhost"], overwrite=True)
     port = free_port()
@@ -256,13 +286,20 @@ def loopback(work_dir: str | os.PathLike, run_config: dict, node_configs: list[s
         wait_port(port, link)
         result["superlink_ready_s"] = round(time.monotonic() - t0, 1)
         node_ids = []
+        # the nodes share this machine's cores, as the simulation's clients do (one each by default)
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, len(node_configs))))
         for i, node_cfg in enumerate(node_configs):
             private, public = make_node_key(work / "keys", f"node{i}", overwrite=True)
             node_ids.append(register_node(public, cli_env, connection))
             home = work / f"supernode{i}"
+            env = {**flwr_env(home), "OMP_NUM_THREADS": threads}
+            if workers:
+                sock = work / f"worker{i}" / "worker.sock"
+                start_worker(procs, sock, env, work / f"worker{i}.log")
+                node_cfg = f'{node_cfg} worker="{sock}"'
             procs.start(supernode_command(address, certs[CA_CERT], private, node_cfg, free_port(),
                                           exe=flower_bin("flower-supernode")),
-                        flwr_env(home), work / f"supernode{i}.log", home)
+                        env, work / f"supernode{i}.log", home)
         result["node_ids"] = node_ids
         _wait(lambda: online_nodes(cli_env, connection) >= set(node_ids), 120, "the SuperNodes did not come online")
         if check_unregistered:
@@ -280,5 +317,9 @@ def loopback(work_dir: str | os.PathLike, run_config: dict, node_configs: list[s
         started = time.monotonic()
         result["status"] = run_and_wait(cli_env, connection, run_config, timeout, stream=stream)
         result["run_s"] = round(time.monotonic() - started, 1)
+        if workers:
+            from .worker import status
+
+            result["workers"] = [status(work / f"worker{i}" / "worker.sock") for i in range(len(node_configs))]
     result["total_s"] = round(time.monotonic() - t0, 1)
     return result

@@ -188,6 +188,24 @@ def wire_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
+def exchange(grid: Grid, messages: list[Message], timeout: float, max_wait: float = 1.0) -> list[Message]:
+    """Push ``messages`` and pull their replies until all are in or ``timeout`` passes: Flower's
+    ``send_and_receive``, polling every 0.1 s growing to ``max_wait`` instead of every 3 s (over a real
+    SuperLink that fixed wait was seconds of every round; a pull is one small request)."""
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    deadline, wait = time.monotonic() + timeout, 0.1
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(wait)
+        wait = min(wait * 1.5, max_wait)
+    return replies
+
+
 def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num_rounds: int,
                train_config: ConfigRecord, after_round: Callable[[int, ArrayRecord], None],
                timeout: float = 3600) -> ArrayRecord:
@@ -197,7 +215,7 @@ def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         round_started = time.perf_counter()
         sent = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config)), grid))
-        replies = list(grid.send_and_receive(sent, timeout=timeout))
+        replies = exchange(grid, sent, timeout)
         # what Flower itself puts on the wire for these messages, next to the strategy's count of tensor bytes
         strategy.rounds.setdefault(server_round, {}).update(
             wire_bytes_down=sum(map(wire_bytes, sent)), wire_bytes_up=sum(map(wire_bytes, replies)))
@@ -208,7 +226,7 @@ def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num
             arrays = aggregated
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         if messages:
-            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+            strategy.aggregate_evaluate(server_round, exchange(grid, messages, timeout))
         strategy.rounds[server_round]["round_s"] = time.perf_counter() - round_started  # without after_round
         after_round(server_round, arrays)
     return arrays

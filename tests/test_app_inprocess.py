@@ -213,11 +213,11 @@ class _CrashInRound(InProcessGrid):
         super().__init__(*args, **kwargs)
         self.crash = crash
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         if messages and messages[0].content["config"].get("server-round") == self.crash:
             raise ConnectionError("link lost")
-        return super().send_and_receive(messages, timeout=timeout)
+        return super().push_messages(messages)
 
 
 @pytest.mark.parametrize(("method", "opt"), [("fedtt+", "fedavgm"), ("fedtt", "fedadam")])

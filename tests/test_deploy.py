@@ -109,10 +109,11 @@ def _ps_args() -> str:
 
 
 def test_secure_loopback_federation_with_each_node_on_its_own_csv(tmp_path, tiny_model_dir, tiny_sst2_dir):
-    """TLS, SuperNode authentication (an unregistered node is refused), 2 SuperNodes each on its own CSV file."""
+    """TLS, SuperNode authentication (an unregistered node is refused), 2 SuperNodes each on its own CSV file, each
+    with its training worker: the backbone is loaded once per node across rounds."""
     work = tmp_path / "deploy"
     run_config = {"model": str(tiny_model_dir), "task": "custom", "labels": "negative,positive", "method": "fedtt",
-                  "num-server-rounds": 1, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
+                  "num-server-rounds": 2, "local-steps": 2, "batch-size": 8, "max-length": 16, "min-clients": 2,
                   "central-eval": False, "fraction-evaluate": 1.0, "output-dir": str(tmp_path / "runs"),
                   "run-name": "deployed",
                   "dp": "sigma", "dp-noise-multiplier": 1.0}  # local DP: the accountant lives on each SuperNode
@@ -123,7 +124,9 @@ def test_secure_loopback_federation_with_each_node_on_its_own_csv(tmp_path, tiny
     assert result["online_after_unregistered"] == 2
     assert "Failed to activate SuperNode" in (work / "unregistered.log").read_text()
     lines = [json.loads(x) for x in (tmp_path / "runs" / "deployed" / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["round"] == 1 and lines[-1]["replies"] == 2 and lines[-1]["errors"] == 0
+    assert lines[-1]["round"] == 2 and lines[-1]["replies"] == 2 and lines[-1]["errors"] == 0
+    assert [(w["model_loads"], w["requests"], w["failures"]) for w in result["workers"]] == [(1, 4, 0), (1, 4, 0)]
+    assert len({w["pid"] for w in result["workers"]}) == 2  # one worker per node
     assert lines[-1]["wire_bytes_up"] > lines[-1]["bytes_up"] > 0
     assert lines[-1]["dp_epsilon_max"] > 0
     assert 0 <= lines[-1]["fed_accuracy"] <= 1  # each node evaluated on its own dev.csv
@@ -145,4 +148,8 @@ def test_cli_makes_the_files_and_prints_the_flower_commands(tmp_path, capsys):
     assert main(["deploy", "supernode", "--superlink", "fl.example.org:9200", "--ca", str(tmp_path / "certs/ca.crt"),
                  "--key", str(tmp_path / "keys/site-a"), "--data-dir", str(tmp_path), "--print-only"]) == 0
     node = capsys.readouterr().out
+    assert main(["deploy", "supernode", "--superlink", "fl.example.org:9200", "--ca", str(tmp_path / "certs/ca.crt"),
+                 "--key", str(tmp_path / "keys/site-a"), "--data-dir", str(tmp_path), "--print-only",
+                 "--worker", str(tmp_path / "w/worker.sock")]) == 0
+    assert f'worker="{tmp_path / "w/worker.sock"}"' in capsys.readouterr().out
     assert "--root-certificates" in node and "--auth-supernode-private-key" in node and str(tmp_path) in node

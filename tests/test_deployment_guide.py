@@ -18,6 +18,7 @@ import pytest
 
 from fedtt_flwr.deploy import certificate_hosts, online_nodes
 from fedtt_flwr.processes import OFFLINE_ENV, Processes, free_port, stop_process, wait_port
+from fedtt_flwr.worker import status
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
 
@@ -56,7 +57,7 @@ def test_the_deployment_guide_runs_as_written_on_one_machine(tmp_path, tiny_mode
     shutil.copy(tiny_sst2_dir / "glue" / "SST-2" / "train.tsv", own / "glue" / "SST-2" / "train.tsv")
     places = {"fl.example.org:9200": f"127.0.0.1:{port}", "fl.example.org": "127.0.0.1", "10.0.0.5": "127.0.0.1",
               "/var/lib/fedtt": str(tmp_path / "var"), "/data/hospital-a": str(own),
-              "/mnt/shared/glue-data": str(tiny_sst2_dir)}
+              "/mnt/shared/glue-data": str(tiny_sst2_dir), "/run/fedtt": str(tmp_path / "run")}
 
     def local(cmd: str) -> str:
         for guide_value, here in places.items():
@@ -80,7 +81,8 @@ def test_the_deployment_guide_runs_as_written_on_one_machine(tmp_path, tiny_mode
     node_key = the(guide, "deploy node-key", "hospital-a")
     superlink = the(guide, "deploy superlink", "--state") + " --host 127.0.0.1 --port " + str(port)
     register = the(guide, "deploy register", "hospital-a.pub", "hospital-b.pub")
-    node_a = the(guide, "deploy supernode", "keys/hospital-a", "--data-dir /data/hospital-a")
+    worker_a = the(guide, "fedtt-flwr worker --socket", "hospital-a")
+    node_a = the(guide, "deploy supernode", "keys/hospital-a", "--data-dir /data/hospital-a", "--worker")
     node_b = the(guide, "deploy supernode", "keys/hospital-b", "--partition-id 1")
     deploy_run = the(guide, "deploy run")
     unregister = the(guide, "flwr supernode unregister NODE_ID")
@@ -99,6 +101,9 @@ def test_the_deployment_guide_runs_as_written_on_one_machine(tmp_path, tiny_mode
         wait_port(port, link)
         ids = dict(re.findall(r"keys/(hospital-[ab])\.pub: node (\d+)", run(register)))
         assert set(ids) == {"hospital-a", "hospital-b"}
+        sock = tmp_path / "run" / "hospital-a" / "worker.sock"
+        worker = start(worker_a, "worker-a")
+        _wait(lambda: sock.exists() or worker.poll() is not None, 120, "the worker's socket")
         nodes = {"hospital-a": start(node_a, "hospital-a"), "hospital-b": start(node_b, "hospital-b")}
         _wait(lambda: online_nodes(cli_env, "fedtt-deploy") >= set(ids.values()), 120, "both SuperNodes online")
 
@@ -123,11 +128,13 @@ def test_the_deployment_guide_runs_as_written_on_one_machine(tmp_path, tiny_mode
         tiny = (f" --set model={tiny_model_dir} --set num-server-rounds=1 --set min-clients=2 --set local-steps=2"
                 " --set batch-size=8 --set max-length=16 --set run-name=guide")
         out = run(deploy_run + tiny, timeout=600)
+        counters = status(sock)
     assert "finished:completed" in out, out
     folder = tmp_path / "var" / "runs" / "guide"
     assert f"results: {folder}/" in out
     last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
     assert (last["round"], last["replies"], last["errors"]) == (1, 2, 0), last
+    assert counters["model_loads"] == 1 and counters["requests"] >= 1 and counters["failures"] == 0  # hospital-a's
     assert str(tmp_path) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
