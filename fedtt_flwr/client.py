@@ -37,7 +37,7 @@ from .models import pick_device
 from .privacy import check_budget, dp_train_steps, settings_for
 from .readers import expand
 from .tasks import TaskSpec, task_of
-from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize, train_steps
+from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize_cached, train_steps
 from .train import evaluate as evaluate_model
 
 disable_progress_bar()  # one bar per client and round drowns the run log
@@ -115,7 +115,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     part = load_partition(_partitioner(task_of(cfg), cfg.data_dir, split, spec), spec, partition_id)
     if split == "dev" and cfg.eval_examples:  # this node's share of the evaluated rows
         part = part.select(range(min(len(part), -(-cfg.eval_examples // num_partitions))))
-    return tokenize(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
+    return tokenize_cached(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 
 def node_partition(context: Context) -> tuple[RunConfig, int, int]:

@@ -8,13 +8,19 @@ The same functions serve the centralized fine-tune (``fedtt-flwr finetune``) and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
@@ -23,6 +29,55 @@ from .data import compute_metrics
 from .prompts import ChoicePromptCollator, PromptCollator, encode_choice_prompts, encode_prompts
 from .sft import SFTCollator, encode_sft, evaluate_generation, is_sft
 from .tasks import TaskSpec
+
+#: bump when :func:`tokenize` changes what it produces for the same rows: old cache entries stop matching
+TOKEN_CACHE_VERSION = "1"
+
+
+def tokenize_cached(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                    prompt_task: str | None = None, cache: Path | None = None) -> Dataset:
+    """:func:`tokenize`, kept on disk under ``cache`` (default: the model cache's ``tokenized/``) by content: the
+    key hashes the rows themselves, the whole tokenizer (its serialized vocabulary and rules) and the settings,
+    so a changed file, tokenizer or max-length is a new entry and nothing stale is ever read. A cold ClientApp
+    or worker then skips the tokenization (the largest part of its start). Slow (Python) tokenizers are not
+    cached."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or os.environ.get("FEDTT_NO_TOKEN_CACHE"):
+        return tokenize(dataset, tokenizer, max_length, prompt_task)
+    import pyarrow as pa
+
+    from .models import cache_dir
+
+    rules = json.loads(backend.to_str())
+    for state in ("truncation", "padding"):  # the last call's settings, not the tokenizer's identity
+        rules.pop(state, None)
+    digest = hashlib.sha256()
+    for part in (TOKEN_CACHE_VERSION, json.dumps(rules, sort_keys=True),
+                 repr(sorted(tokenizer.special_tokens_map.items())), str(getattr(tokenizer, "chat_template", None)),
+                 tokenizer.padding_side, str(max_length), str(prompt_task), str(tokenizer.model_max_length)):
+        digest.update(part.encode() + b"\0")
+    sink = pa.BufferOutputStream()
+    table = dataset.with_format("arrow")[:]  # the rows as they are now (a partition's indices applied)
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest.update(sink.getvalue())
+    folder = (cache or cache_dir() / "tokenized") / digest.hexdigest()[:32]
+    if (folder / "dataset_info.json").exists():
+        try:
+            return load_from_disk(str(folder), keep_in_memory=True)
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)  # a damaged entry: tokenize again
+    out = tokenize(dataset, tokenizer, max_length, prompt_task)
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        out.save_to_disk(str(tmp))
+        os.replace(tmp, folder)  # atomic; a concurrent node writing the same entry first makes this fail, harmlessly
+    except OSError:  # no room, no permission, or that race: this process keeps what it tokenized
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _encode_choices(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:

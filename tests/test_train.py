@@ -163,3 +163,32 @@ def test_round_lr_follows_the_schedule():
     assert RunConfig.from_flower({"lr": 0.01, "lr-schedule": "constant", "num-server-rounds": 5}).round_lr(5) == 0.01
     with pytest.raises(ValueError, match="'lr-final'"):
         RunConfig.from_flower({"lr-final": 1.5})
+
+
+def test_tokenized_shares_are_cached_by_content(tmp_path, tiny_model_dir):
+    """A cold process reads a share it tokenized before; different rows, tokenizer settings or a damaged entry are
+    never served stale."""
+    from transformers import AutoTokenizer
+
+    from fedtt_flwr.train import tokenize, tokenize_cached
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = Dataset.from_dict({"text_a": ["a good film", "bad", "fine enough"], "text_b": ["", "", ""],
+                              "label": [1, 0, 1], "group": ["x", "y", "x"]})
+    share = rows.select([0, 2])  # a partition: indices over the whole table
+    cache = tmp_path / "tok"
+    first = tokenize_cached(share, tokenizer, 16, cache=cache)
+    assert first.to_dict() == tokenize(share, tokenizer, 16).to_dict()
+    (entry,) = cache.iterdir()
+    again = tokenize_cached(share, tokenizer, 16, cache=cache)
+    assert again.to_dict() == first.to_dict() and list(cache.iterdir()) == [entry]  # read, not written again
+    stamp = (entry / "dataset_info.json").stat().st_mtime_ns
+    tokenize_cached(share, tokenizer, 16, cache=cache)
+    assert (entry / "dataset_info.json").stat().st_mtime_ns == stamp
+    short = tokenize_cached(share, tokenizer, 3, cache=cache)  # another max-length: another entry
+    assert all(len(x) <= 3 for x in short["input_ids"]) and len(list(cache.iterdir())) == 2
+    other = tokenize_cached(rows.select([0, 1]), tokenizer, 16, cache=cache)  # other rows: another entry
+    assert other["label"] == [1, 0] and len(list(cache.iterdir())) == 3
+    for f in entry.glob("*.arrow"):  # a damaged entry is tokenized again, not trusted
+        f.write_bytes(b"garbage")
+    assert tokenize_cached(share, tokenizer, 16, cache=cache).to_dict() == first.to_dict()

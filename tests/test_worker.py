@@ -219,3 +219,21 @@ def test_the_server_collects_replies_that_arrive_late_and_stops_at_the_timeout()
     started = time.monotonic()
     replies = exchange(grid, messages(grid), timeout=1.0)
     assert 1.0 <= time.monotonic() - started < 5 and len(replies) == 2
+
+
+def test_runs_of_different_methods_share_one_worker_safely(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """A LoRA run between two identical FedTT runs on the same worker: the second FedTT run ends exactly where the
+    first did (each run config gets its own cached model; nothing of one run leaks into the other)."""
+    sock = tmp_path / "w" / "worker.sock"
+    w, t = serve(sock)
+    try:
+        node = lambda i: partition(i, worker=str(sock))  # noqa: E731
+        _, first, folder_a = run(tmp_path, tiny_model_dir, tiny_sst2_dir, "fedtt-a", node)
+        _, lora, _ = run(tmp_path, tiny_model_dir, tiny_sst2_dir, "lora", node, method="lora")
+        _, second, folder_b = run(tmp_path, tiny_model_dir, tiny_sst2_dir, "fedtt-b", node)
+    finally:
+        stop(w, t)
+    assert lora[-1]["replies"] == 2 and lora[-1]["errors"] == 0 and lora[-1]["method"] == "lora"
+    assert [x["train_loss"] for x in first] == [x["train_loss"] for x in second]
+    a, b = (read_adapter(f / "adapter.safetensors")[0] for f in (folder_a, folder_b))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
