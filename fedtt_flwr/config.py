@@ -276,6 +276,13 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _exact_lora_with_averaging(self) -> RunConfig:
+        if self.method in ("fedex-lora", "flora") and self.server_opt not in ("fedavg", "fedprox"):
+            raise ValueError(f"method {self.method} makes the global model the clients' weighted mean; it needs "
+                             f"server-opt fedavg or fedprox (got {self.server_opt!r})")
+        return self
+
+    @model_validator(mode="after")
     def _no_prior_under_dp(self) -> RunConfig:
         if self.logit_adjust != "auto" and self.logit_adjust > 0 and self.dp != "off":
             raise ValueError("logit-adjust uses the client's label frequencies, which DP-SGD does not account for: "

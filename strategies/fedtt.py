@@ -428,8 +428,7 @@ class FedTT(Strategy):
                 raise ValueError(f"{type(self.inner).__name__} returned no aggregate")
             if flat:
                 agg = unpack(agg, layout)
-            if self.average == "matrices":
-                agg = self._average_matrices(agg, accepted, flat)
+            agg = self._post_aggregate(agg, accepted, flat)
             updated = self._conform(agg, self._expected)
             if not _finite_state(self.inner):
                 raise ValueError(f"{type(self.inner).__name__}'s own state became NaN or Inf")
@@ -466,6 +465,20 @@ class FedTT(Strategy):
                 "least %d): this round is a plain mean", server_round, beta, replies,
                 math.ceil(1 / beta) if beta > 0 else 0)
 
+    def _post_aggregate(self, agg: ArrayRecord, accepted: list[Message], flat: bool) -> ArrayRecord:
+        """The inner strategy's mean, before it is checked and merged: where a subclass (or ``average=
+        "matrices"``) replaces it or reads the accepted replies."""
+        return self._average_matrices(agg, accepted, flat) if self.average == "matrices" else agg
+
+    def reply_tensors(self, msg: Message, names: Iterable[str], flat: bool) -> dict[str, np.ndarray]:
+        """``names`` of an accepted reply, as arrays (a packed reply is unpacked)."""
+        rec = unpack(msg.content[self.arrays_key], self._layout()) if flat else msg.content[self.arrays_key]
+        return {n: as_numpy(rec[n]) for n in names}
+
+    def reply_weight(self, msg: Message) -> float:
+        key = self.weight_key
+        return float(next(r[key] for r in msg.content.metric_records.values() if key in r))
+
     def _average_matrices(self, agg: ArrayRecord, replies: list[Message], flat: bool) -> ArrayRecord:
         """``agg`` with every TT layer's cores replaced by the TT-SVD of the mean rebuilt matrix."""
         layers = cores_per_layer(self._expected)
@@ -473,13 +486,8 @@ class FedTT(Strategy):
         if not cores <= set(self._expected):
             raise ValueError("average='matrices' needs every core of a TT layer to train each round "
                              "(FedTT, not a FedTT+ schedule)")
-        layout = self._layout()
-        key = getattr(self.inner, "weighted_by_key", "num-examples")
-        arrays, weights = [], []
-        for msg in replies:
-            rec = unpack(msg.content[self.arrays_key], layout) if flat else msg.content[self.arrays_key]
-            arrays.append({n: as_numpy(rec[n]) for n in cores})
-            weights.append(float(next(r[key] for r in msg.content.metric_records.values() if key in r)))
+        arrays = [self.reply_tensors(msg, cores, flat) for msg in replies]
+        weights = [self.reply_weight(msg) for msg in replies]
         averaged = average_tt_layers(arrays, weights, layers)
         return ArrayRecord({n: Array(averaged[n]) if n in averaged else a for n, a in agg.items()})
 

@@ -5,10 +5,13 @@
 | ``lora`` (FedIT) | LoRA A and B on query/value, and the head |
 | ``ffa-lora`` | LoRA B and the head; A stays frozen at its seeded random init and never travels |
 | ``rolora`` | LoRA A (odd rounds) or B (even rounds), and the head (the strategy alternates) |
+| ``fedex-lora`` | LoRA A and B, and the head; down also a dense residual per adapted matrix (exact aggregation) |
+| ``flora`` | as fedex-lora; the residual takes the stacked products, LoRA restarts every round |
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..adapters import head_param_names, norm_param_names
@@ -59,10 +62,34 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: boo
     return wrapped
 
 
-def inject(freeze_a: bool = False, local_b: bool = False):
+def _add_residual(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output + nn.functional.linear(inputs[0].to(module.lora_residual.dtype), module.lora_residual)
+
+
+def add_residuals(wrapped: nn.Module) -> nn.Module:
+    """A frozen dense ``lora_residual`` (zeros, the base weight's shape) beside every LoRA-adapted linear layer,
+    added to its output: the aggregation residual of FedEx-LoRA and FLoRA (:mod:`strategies.residual`). It
+    travels down (the server sets it), never trains, and is appended to the travelling tensors."""
+    from peft.tuners.lora import LoraLayer
+
+    names = []
+    for name, module in wrapped.named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(module, LoraLayer) and isinstance(base, nn.Linear):
+            module.lora_residual = nn.Parameter(torch.zeros_like(base.weight), requires_grad=False)
+            module.register_forward_hook(_add_residual)
+            names.append(f"{name}.lora_residual")
+    if not names:
+        raise ValueError("no LoRA-adapted linear layer to give a residual")
+    wrapped.fedtt_state_names = (*wrapped.fedtt_state_names, *names)
+    return wrapped
+
+
+def inject(freeze_a: bool = False, local_b: bool = False, residual: bool = False):
     def add(model, cfg, resolved):
-        return add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=freeze_a,
-                        train_layernorm=resolved.train_layernorm, local_b=local_b, dropout=cfg.lora_dropout)
+        wrapped = add_lora(model, cfg.lora_rank, cfg.lora_alpha, freeze_a=freeze_a,
+                           train_layernorm=resolved.train_layernorm, local_b=local_b, dropout=cfg.lora_dropout)
+        return add_residuals(wrapped) if residual else wrapped
     return add
 
 
@@ -74,4 +101,11 @@ METHODS = (
     Method("rolora", "lora", "RoLoRA: LoRA A in odd rounds, B in even rounds, and the head",
            inject(), lambda s, r: {**(s.lora_a if r % 2 else s.lora_b), **s.head},
            rounds="alternate", groups=(r"\.lora_A\.", r"\.lora_B\.")),
+    Method("fedex-lora", "lora", "FedEx-LoRA: LoRA A, B and the head averaged; the aggregation error goes into a "
+           "dense residual beside each adapted matrix (sent down), so the global model is the clients' exact mean",
+           inject(residual=True), lambda s, _: {**s.lora_a, **s.lora_b, **s.head}, rounds="residual",
+           extra={"residual": "fedex"}),
+    Method("flora", "lora", "FLoRA: the clients' LoRA products stacked (summed) into a dense residual (sent down); "
+           "a fresh LoRA every round", inject(residual=True), lambda s, _: {**s.lora_a, **s.lora_b, **s.head},
+           rounds="residual", extra={"residual": "flora"}),
 )

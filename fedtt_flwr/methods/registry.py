@@ -60,9 +60,9 @@ class Method:
     summary: str
     inject: Callable[[nn.Module, RunConfig, Resolved], nn.Module]
     uplink: Callable[[ReportShapes, int], dict[str, Shape]]
-    #: what trains and travels per round: every travelling tensor, the FedTT+ core schedule, or the
-    #: ``groups`` (regexes) taking turns
-    rounds: Literal["all", "schedule", "alternate"] = "all"
+    #: what trains and travels per round: every travelling tensor, the FedTT+ core schedule, the
+    #: ``groups`` (regexes) taking turns, or LoRA with a server-set residual (``extra["residual"]``: its rule)
+    rounds: Literal["all", "schedule", "alternate", "residual"] = "all"
     groups: tuple[str, ...] = ()
     #: regex of trained tensors that stay on each node (personalised), e.g. FedSA-LoRA's B
     local: str | None = None
