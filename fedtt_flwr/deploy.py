@@ -287,7 +287,8 @@ def loopback(work_dir: str | os.PathLike, run_config: dict, node_configs: list[s
         result["superlink_ready_s"] = round(time.monotonic() - t0, 1)
         node_ids = []
         # the nodes share this machine's cores, as the simulation's clients do (one each by default)
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, len(node_configs))))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = str(max(1, cores // max(1, len(node_configs))))
         for i, node_cfg in enumerate(node_configs):
             private, public = make_node_key(work / "keys", f"node{i}", overwrite=True)
             node_ids.append(register_node(public, cli_env, connection))

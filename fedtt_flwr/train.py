@@ -8,6 +8,7 @@ The same functions serve the centralized fine-tune (``fedtt-flwr finetune``) and
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -30,7 +31,7 @@ from .prompts import ChoicePromptCollator, PromptCollator, encode_choice_prompts
 from .sft import SFTCollator, encode_sft, evaluate_generation, is_sft
 from .tasks import TaskSpec
 
-#: bump when :func:`tokenize` changes what it produces for the same rows: old cache entries stop matching
+#: bump when tokenization changes outside this module, prompts.py and sft.py (their source is in the key)
 TOKEN_CACHE_VERSION = "1"
 
 
@@ -54,7 +55,8 @@ def tokenize_cached(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_le
     digest = hashlib.sha256()
     for part in (TOKEN_CACHE_VERSION, json.dumps(rules, sort_keys=True),
                  repr(sorted(tokenizer.special_tokens_map.items())), str(getattr(tokenizer, "chat_template", None)),
-                 tokenizer.padding_side, str(max_length), str(prompt_task), str(tokenizer.model_max_length)):
+                 tokenizer.padding_side, tokenizer.truncation_side, str(max_length), str(prompt_task),
+                 str(tokenizer.model_max_length), _encoders_source()):
         digest.update(part.encode() + b"\0")
     sink = pa.BufferOutputStream()
     table = dataset.with_format("arrow")[:]  # the rows as they are now (a partition's indices applied)
@@ -78,6 +80,14 @@ def tokenize_cached(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_le
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@functools.cache
+def _encoders_source() -> str:
+    """The code that turns rows into tokens (this module, the prompt templates, the SFT formats): editing any of it
+    makes new cache entries, without anyone having to remember a version bump."""
+    here = Path(__file__).resolve().parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("train.py", "prompts.py", "sft.py"))).hexdigest()
 
 
 def _encode_choices(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:

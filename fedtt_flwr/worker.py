@@ -54,9 +54,14 @@ def _send(sock: socket.socket, *frames: bytes) -> None:
         sock.sendall(_LEN.pack(len(frame)) + frame)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     chunks, got = [], 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the other side is too slow")
+            sock.settimeout(left)
         chunk = sock.recv(min(n - got, 1 << 20))
         if not chunk:
             raise ConnectionError("the other side closed the connection")
@@ -65,15 +70,46 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _recv(sock: socket.socket) -> bytes:
-    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
-    if n > MAX_FRAME:
-        raise ConnectionError(f"frame of {n} bytes announced: not this protocol")
-    return _recv_exact(sock, n)
+def _recv(sock: socket.socket, limit: int = MAX_FRAME, deadline: float | None = None) -> bytes:
+    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size, deadline))
+    if n > limit:
+        raise ConnectionError(f"frame of {n} bytes announced where at most {limit} belong: not this protocol")
+    return _recv_exact(sock, n, deadline)
 
 
-def _mac(secret: bytes, nonce: bytes) -> bytes:
-    return hmac.new(secret, nonce, hashlib.sha256).digest()
+def _json(frame: bytes) -> dict:
+    value = json.loads(frame)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _mac(secret: bytes, role: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, role + nonce, hashlib.sha256).digest()
+
+
+def code_digest() -> str:
+    """This side's training code (the library and the strategies): worker and ClientApp must run the same."""
+    global _CODE
+    if _CODE is None:
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for path in sorted([*root.joinpath("fedtt_flwr").rglob("*.py"), *root.joinpath("strategies").glob("*.py")]):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        _CODE = digest.hexdigest()[:16]
+    return _CODE
+
+
+_CODE: str | None = None
+
+
+def check_private_folder(folder: Path) -> None:
+    """The socket's folder belongs to this user and nobody else may enter it (else another user could have put a
+    socket and a secret of their own there)."""
+    info = folder.stat()
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise PermissionError(f"the worker's folder {folder} must belong to this user with mode 0700 "
+                              f"(it is {stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}): chmod 700 {folder}")
 
 
 def _private_file(path: Path, data: bytes) -> None:
@@ -110,36 +146,58 @@ def status(path: str | os.PathLike, wait: float = 10.0) -> dict:
 
 
 def _request(path: str, header: dict, *frames: bytes, wait: float) -> tuple[dict, list[bytes]]:
+    """One request, authenticated both ways: the worker proves it holds the node's secret and runs as this user
+    (and its folder is this user's alone) before anything of the node's is sent."""
+    try:
+        check_private_folder(Path(path).parent)
+    except FileNotFoundError:
+        raise WorkerError(f"training worker {path} is not running (no folder {Path(path).parent}): start it with "
+                          f"`fedtt-flwr worker --socket {path}` (docs/deployment.md)") from None
+    except PermissionError as e:
+        raise WorkerError(f"training worker {path}: refused to use it: {e}") from None
+    deadline = time.monotonic() + wait
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(10)
-        try:
-            sock.connect(path)
-        except OSError as e:
-            raise WorkerError(f"training worker {path} is not running ({e.strerror}): start it with "
-                              f"`fedtt-flwr worker --socket {path}` (docs/deployment.md)") from None
+        while True:  # a full queue refuses at once (EAGAIN): that is "busy", so wait as for a busy worker
+            try:
+                sock.settimeout(10)
+                sock.connect(path)
+                break
+            except (BlockingIOError, InterruptedError):
+                if time.monotonic() >= deadline:
+                    raise WorkerError(f"training worker {path} stayed busy for {wait:.0f} s (node config "
+                                      f"'{WAIT_KEY}')") from None
+                time.sleep(0.5)
+            except OSError as e:
+                raise WorkerError(f"training worker {path} is not running ({e.strerror}): start it with "
+                                  f"`fedtt-flwr worker --socket {path}` (docs/deployment.md)") from None
+        if not _same_user(sock):
+            raise WorkerError(f"training worker {path}: the process behind the socket runs as another user; refused")
         try:
             secret = secret_path(path).read_bytes()
         except OSError as e:
             raise WorkerError(f"training worker {path}: cannot read its secret {secret_path(path)} ({e.strerror}); "
                               "the worker and the SuperNode must run as the same user") from None
-        sock.settimeout(wait)  # a busy worker accepts us only after its current request
         try:
-            nonce = _recv(sock)
+            nonce = _recv(sock, 64, deadline)  # a busy worker accepts us only after its current request
         except TimeoutError:
             raise WorkerError(f"training worker {path} stayed busy for {wait:.0f} s (node config "
                               f"'{WAIT_KEY}')") from None
-        sock.settimeout(None)  # training takes as long as it takes; a crash closes the socket
-        _send(sock, _mac(secret, nonce))
-        verdict = json.loads(_recv(sock))
+        mine = secrets.token_bytes(32)
+        _send(sock, _mac(secret, b"client", nonce), mine)
+        verdict = _json(_recv(sock, 4096, time.monotonic() + 60))
         if not verdict.get("ok"):
             raise WorkerError(f"training worker {path}: {verdict.get('error', 'refused the connection')}")
-        _send(sock, json.dumps({**header, "protocol": PROTOCOL}).encode(), *frames)
-        reply = json.loads(_recv(sock))
+        if not hmac.compare_digest(bytes.fromhex(str(verdict.get("proof", ""))), _mac(secret, b"worker", mine)):
+            raise WorkerError(f"training worker {path}: the process behind the socket does not hold the node's "
+                              "secret; refused")
+        sock.settimeout(None)  # training takes as long as it takes; a crash closes the socket
+        _send(sock, json.dumps({**header, "protocol": PROTOCOL, "code": code_digest()}).encode(), *frames)
+        reply = _json(_recv(sock))
         if not reply.get("ok"):
             raise WorkerError(f"training worker {path}: {reply.get('error', 'refused the request')}")
         return reply, [_recv(sock) for _ in range(int(reply.get("frames", 0)))]
-    except (ConnectionError, OSError) as e:
+    except (ConnectionError, OSError, ValueError) as e:
         raise WorkerError(f"training worker {path} closed the connection before replying ({e}): it crashed or was "
                           "stopped; the next round works again once it is back") from None
     finally:
@@ -158,15 +216,15 @@ class Worker:
         self.started = time.time()
         self.sock: socket.socket | None = None
         self.stopping = False
+        self.run_id: int | None = None
+        self.code = code_digest()
+        self.handshake_s = 60.0
 
     def bind(self) -> None:
         """Create the owner-only folder, the secret (kept across restarts) and the 0600 socket."""
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = folder.stat()
-        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-            raise PermissionError(f"the worker's folder {folder} must belong to this user with mode 0700 "
-                                  f"(it is {stat.S_IMODE(info.st_mode):o}): chmod 700 {folder}")
+        check_private_folder(folder)
         secret = secret_path(self.path)
         if not secret.exists():
             _private_file(secret, secrets.token_bytes(32))
@@ -174,6 +232,7 @@ class Worker:
             raise PermissionError(f"the worker's secret {secret} is readable by others: chmod 600 {secret}")
         if self.path.exists() or self.path.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(2)
             try:
                 probe.connect(str(self.path))
                 raise RuntimeError(f"another worker is already serving {self.path}")
@@ -222,31 +281,38 @@ class Worker:
             self.path.unlink(missing_ok=True)
 
     def handle(self, conn: socket.socket) -> None:
-        """Authenticate the peer, run its request, reply; no error here stops the worker."""
+        """Authenticate the peer (both ways), run its request, reply; nothing a peer sends stops the worker."""
         try:
-            conn.settimeout(60)
+            deadline = time.monotonic() + self.handshake_s  # the whole handshake, however slowly a peer trickles it
             if not _same_user(conn):
                 self.log("refused a connection from another user")
                 return
             nonce = secrets.token_bytes(32)
             _send(conn, nonce)
-            if not hmac.compare_digest(_recv(conn), _mac(self.secret, nonce)):
+            mac, theirs = _recv(conn, 64, deadline), _recv(conn, 64, deadline)
+            if not hmac.compare_digest(mac, _mac(self.secret, b"client", nonce)):
                 self.log("refused a connection without the node's secret")
                 _send(conn, json.dumps({"ok": False, "error": "refused: wrong secret"}).encode())
                 return
-            _send(conn, b'{"ok": true}')
-            header = json.loads(_recv(conn))
+            _send(conn, json.dumps({"ok": True, "proof": _mac(self.secret, b"worker", theirs).hex()}).encode())
+            header = _json(_recv(conn, 1 << 16, deadline))
             kind = header.get("kind")
             if kind == "status":
                 _send(conn, json.dumps({"ok": True, **self.counters()}).encode())
                 return
+            problem = None
             if header.get("protocol") != PROTOCOL or kind not in ("train", "evaluate"):
-                _send(conn, json.dumps({"ok": False, "error": f"unknown request {header!r}"}).encode())
+                problem = f"unknown request {str(header)[:200]}"
+            elif header.get("code") != self.code:
+                problem = ("the worker runs other training code than this run's app (the project was updated "
+                           "or differs between them): restart the worker from the app's installation")
+            if problem:
+                _send(conn, json.dumps({"ok": False, "error": problem}).encode())
                 return
+            conn.settimeout(600)  # the request's frames: as fast as the ClientApp can send them
             msg_bytes, ctx_bytes = _recv(conn), _recv(conn)
-            conn.settimeout(None)
-        except (OSError, ValueError, ConnectionError) as e:
-            self.log(f"dropped a connection: {e}")
+        except Exception as e:  # noqa: BLE001 - a garbled or stalled peer costs its connection, never the worker
+            self.log(f"dropped a connection: {type(e).__name__}: {e}")
             return
         self.requests += 1
         started = time.perf_counter()
@@ -258,6 +324,7 @@ class Worker:
             self.log(f"{kind} failed:\n{traceback.format_exc()}")
             frames, reply = [], {"ok": False, "error": f"{kind} failed: {type(e).__name__}: {e}"}
         try:
+            conn.settimeout(600)  # a ClientApp that stopped reading does not hold the worker
             _send(conn, json.dumps(reply).encode(), *frames)
         except OSError as e:
             self.log(f"could not reply ({e}): the ClientApp went away")
@@ -273,6 +340,10 @@ class Worker:
         msg = message_from_proto(ProtoMessage.FromString(msg_bytes))
         context = context_from_proto(ProtoContext.FromString(ctx_bytes))
         self.log(f"{kind} for run {context.run_id}, node {context.node_id}")
+        if context.run_id != self.run_id:  # a node's files may have changed since the last run: read them again
+            for cached in (client._task_data, client._partitioner, client.client_data):
+                cached.cache_clear()
+            self.run_id = context.run_id
         reply = (client.train if kind == "train" else client.evaluate)(msg, context)
         return [recorddict_to_proto(reply.content).SerializeToString(),
                 recorddict_to_proto(context.state).SerializeToString()]

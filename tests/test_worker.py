@@ -3,8 +3,10 @@ own ClientApp can use, clear errors when it is missing or dies, and the run goin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -237,3 +239,115 @@ def test_runs_of_different_methods_share_one_worker_safely(tmp_path, tiny_model_
     assert [x["train_loss"] for x in first] == [x["train_loss"] for x in second]
     a, b = (read_adapter(f / "adapter.safetensors")[0] for f in (folder_a, folder_b))
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _raw(sock_path, *frames, secret=None):
+    """A peer speaking the wire protocol by hand: authenticates with ``secret`` when given, sends ``frames``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(sock_path))
+    nonce = worker._recv(s)
+    if secret is not None:
+        worker._send(s, worker._mac(secret, b"client", nonce), b"n" * 32)
+        assert json.loads(worker._recv(s))["ok"]
+    worker._send(s, *frames)
+    return s
+
+
+def test_nothing_a_peer_sends_stops_the_worker(tmp_path):
+    sock = tmp_path / "w" / "worker.sock"
+    w, t = serve(sock)
+    w.handshake_s = 1.0
+    secret = worker.secret_path(sock).read_bytes()
+    try:
+        for header in (b"[]", b"null", b"[" * 100_000 + b"]" * 100_000, b"not json", b'{"kind": "train"}'):
+            _raw(sock, header, secret=secret).close()
+        _raw(sock, worker._LEN.pack(1 << 40)[:4]).close()  # half a length, then gone
+        huge = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # announces 8 GiB before authenticating
+        huge.connect(str(sock))
+        worker._recv(huge)
+        huge.sendall(worker._LEN.pack(worker.MAX_FRAME))
+        slow = _raw(sock, b"")  # an empty MAC, then nothing: the handshake deadline drops it
+        assert worker.status(sock, wait=20)["failures"] == 0 and t.is_alive()
+        huge.close()
+        slow.close()
+        code = _raw(sock, json.dumps({"kind": "train", "protocol": worker.PROTOCOL, "code": "0" * 16}).encode(),
+                    secret=secret)
+        assert "other training code" in json.loads(worker._recv(code))["error"]
+        code.close()
+        assert t.is_alive() and worker.status(sock)["requests"] == 0
+    finally:
+        stop(w, t)
+
+
+def test_the_clientapp_only_talks_to_the_real_worker(tmp_path):
+    """A socket in a folder others can write to, or a process that cannot prove it holds the node's secret, gets
+    nothing of the node's."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(worker.WorkerError, match="refused to use it.*chmod 700"):
+        worker.status(shared / "worker.sock")
+    folder = tmp_path / "impostor"
+    folder.mkdir(mode=0o700)
+    path = folder / "worker.sock"
+    (folder / "worker.sock.secret").write_bytes(b"k" * 32)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    got = []
+
+    def impostor():  # knows the protocol, not the secret: answers with a made-up proof
+        conn, _ = listener.accept()
+        worker._send(conn, b"x" * 32)
+        got.extend([worker._recv(conn), worker._recv(conn)])  # the caller's MAC and its challenge
+        worker._send(conn, json.dumps({"ok": True, "proof": "00" * 32}).encode())
+        conn.settimeout(2)
+        with contextlib.suppress(OSError, ConnectionError):
+            got.append(worker._recv(conn))
+        conn.close()
+
+    thread = threading.Thread(target=impostor, daemon=True)
+    thread.start()
+    with pytest.raises(worker.WorkerError, match="does not hold the node's secret"):
+        worker.status(path)
+    thread.join(10)
+    listener.close()
+    assert len(got) == 2  # the handshake only: no request, no message, no Context
+
+
+def test_a_new_run_reads_the_nodes_files_again(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """The worker outlives runs: a file the node replaced between two runs is read anew, not served from memory."""
+    rows = (tiny_sst2_dir / "glue" / "SST-2" / "train.tsv").read_text().splitlines()[1:]
+    names = {"0": "negative", "1": "positive"}
+
+    def write(n):
+        (tmp_path / "train.csv").write_text("text,label\n" + "".join(
+            f'"{t}",{names[y]}\n' for t, y in (line.split("\t") for line in rows[:n])))
+
+    sock = tmp_path / "w" / "worker.sock"
+    w, t = serve(sock)
+    seen = []
+
+    def node(msg, ctx):
+        reply = client_app(msg, ctx)
+        if msg.metadata.message_type == "train":
+            seen.append(int(next(iter(reply.content.metric_records.values()))["num-examples"]))
+        return reply
+
+    try:
+        for run_id, n in ((1, 40), (2, 24)):
+            write(n)
+            run_config = {"model": str(tiny_model_dir), "task": "custom", "labels": "negative,positive",
+                          "output-dir": str(tmp_path / "runs"), "num-server-rounds": 1, "local-steps": 1,
+                          "batch-size": 8, "max-length": 16, "min-clients": 1, "central-eval": False,
+                          "run-name": f"run{run_id}"}
+            grid = InProcessGrid(node, 1, run_config, node_config=lambda i: {"train-file": str(tmp_path / "train.csv"),
+                                                                             "worker": str(sock)})
+            for ctx in grid.contexts.values():
+                ctx.run_id = run_id
+            server_app(grid, Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
+                                     run_config=run_config))
+    finally:
+        stop(w, t)
+    assert seen == [40, 24]
