@@ -3,7 +3,7 @@
 A node whose config names a training worker (``worker="/path/worker.sock"``, docs/deployment.md) hands each
 message to that long-lived process instead, which keeps the model and data loaded between rounds."""
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedtt_flwr import worker
@@ -27,3 +27,12 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     return _run("evaluate", msg, context)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """What the server asks of a node before it trains: its TT rank (clients with their own ranks)."""
+    from fedtt_flwr.config import RunConfig, node_rank
+
+    rank = node_rank(context.node_config, RunConfig.from_flower(dict(context.run_config)))
+    return Message(RecordDict({"metrics": MetricRecord({"tt-rank": rank})}), reply_to=msg)

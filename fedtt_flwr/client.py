@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from strategies.protocol import receive_global, reply_content, round_trainable
 
 from .adapters import get_adapter_state, set_adapter_state
-from .config import RunConfig, model_key
+from .config import RunConfig, model_key, node_rank
 from .data import (
     PartitionSpec,
     check_partition_id,
@@ -138,6 +138,9 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
             raise ValueError(f"node config '{key}': {e} on this node") from None
         run_config[key] = str(nc[key])
     cfg = RunConfig.from_flower(run_config)
+    rank = node_rank(nc, cfg)
+    if rank != cfg.rank:  # this node's own TT rank: its model is built at it (the server truncates for it)
+        cfg = cfg.model_copy(update={"rank": rank, "node_ranks": ""})
     if "partition-id" not in nc:
         if "data-dir" in nc or own:
             return cfg, 0, 1

@@ -139,6 +139,11 @@ class RunConfig(BaseModel):
     tt_average: Literal["cores", "matrices"] = Field(
         "cores", description="fedtt: cores: average core by core (the paper); matrices: average the rebuilt "
                              "matrices and truncate back to TT by TT-SVD (docs/convergence.md)")
+    node_ranks: str = Field("", description="fedtt: clients with their own TT ranks (strategies.hetero). '': every "
+                                            "node at `rank`; 'nodes': each SuperNode declares rank=N in its node "
+                                            "config; '2,5,8': the simulated node with partition-id i takes the "
+                                            "i-th value, cyclically. The global adapter stays at `rank`, the "
+                                            "largest; each node gets its TT-SVD truncation")
     pack_arrays: bool = Field(True, description="send each message's tensors as one flat array (no per-tensor "
                                                  "header): same numbers, fewer bytes")
     lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")
@@ -276,6 +281,20 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _node_ranks(self) -> RunConfig:
+        if not self.node_ranks:
+            return self
+        if self.method != "fedtt" or self.server_opt not in ("fedavg", "fedprox"):
+            raise ValueError("node-ranks needs method fedtt (every core trains every round) and server-opt fedavg or "
+                             f"fedprox (got method {self.method!r}, server-opt {self.server_opt!r})")
+        if self.node_ranks != "nodes":
+            for value in self.node_ranks.split(","):
+                if not value.strip().isdigit() or not 1 <= int(value) <= self.rank:
+                    raise ValueError(f"node-ranks {self.node_ranks!r}: each value must be a rank from 1 to rank = "
+                                     f"{self.rank} (the global adapter's, the largest), or 'nodes'")
+        return self
+
+    @model_validator(mode="after")
     def _exact_lora_with_averaging(self) -> RunConfig:
         if self.method in ("fedex-lora", "flora") and self.server_opt not in ("fedavg", "fedprox"):
             raise ValueError(f"method {self.method} makes the global model the clients' weighted mean; it needs "
@@ -346,7 +365,7 @@ class RunConfig(BaseModel):
 TRAINING_KEYS = frozenset({
     "data_dir", "task_name", "train_file", "dev_file", "data_format", "hub_dataset", "hub_config", "hub_train_split",
     "hub_dev_split", "text_columns", "label_column", "metrics", "partition_column", "bad_rows",
-    "schedule", "schedule_middle", "sync", "tt_average", "pack_arrays", "num_server_rounds",
+    "schedule", "schedule_middle", "sync", "tt_average", "node_ranks", "pack_arrays", "num_server_rounds",
     "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "allow_node_errors", "max_examples",
     "round_timeout",
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",
@@ -354,6 +373,23 @@ TRAINING_KEYS = frozenset({
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
     "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon",
     "dp_delta", "dp_physical_batch", "output_dir", "run_name", "resume"})
+
+
+def node_rank(node_config: dict, cfg: RunConfig) -> int:
+    """This node's TT rank: its node config's ``rank`` (node-ranks = 'nodes'), its partition's entry of the run's
+    node-ranks list, or the run's rank."""
+    if not cfg.node_ranks:
+        if "rank" in node_config:
+            raise ValueError("node config 'rank': this run gives every node the same rank (set node-ranks = 'nodes' "
+                             "in the run config to let nodes declare their own)")
+        return cfg.rank
+    if cfg.node_ranks == "nodes":
+        value = node_config.get("rank", cfg.rank)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfg.rank:
+            raise ValueError(f"node config 'rank': {value!r} is not a TT rank from 1 to the run's rank {cfg.rank}")
+        return value
+    ranks = [int(v) for v in cfg.node_ranks.split(",")]
+    return ranks[int(node_config.get("partition-id", 0)) % len(ranks)]
 
 
 def model_key(cfg: RunConfig) -> tuple:

@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from strategies import FastFedAvg, FedAlternating, FedTT, FedTTPlus, make_schedule
+from strategies.hetero import FedTTHetero
 from strategies.residual import FedLoRAResidual
 
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
@@ -86,6 +87,8 @@ def build_strategy(cfg: RunConfig, travelling: list[str], resolved: Resolved | N
     elif method.rounds == "residual":
         strategy = FedLoRAResidual(inner, include=travelling, pack=cfg.pack_arrays, mode=method.extra["residual"],
                                    scaling=cfg.lora_alpha / cfg.lora_rank, seed=cfg.seed, sync=cfg.sync)
+    elif cfg.node_ranks:
+        strategy = FedTTHetero(inner, include=travelling, pack=cfg.pack_arrays)
     else:
         strategy = FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
     strategy.min_replies = cfg.min_replies

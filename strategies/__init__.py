@@ -12,6 +12,8 @@ _EXPORTS = {
     "fedavg": ("FastFedAvg", "weighted_average"),
     "fedtt": ("DEFAULT_INCLUDE", "PLAN_KEY", "REPLY_KEY", "SYNC_KEY", "FedAlternating", "FedTT", "FedTTPlus",
               "record_bytes"),
+    "hetero": ("FedTTHetero",),
+    "residual": ("FedLoRAResidual",),
     "packing": ("as_numpy", "pack", "unpack"),
     "wire": ("layout_digest",),
     "protocol": ("CACHE_KEY", "named_arrays", "receive_global", "reply_arrays", "reply_content", "round_trainable"),

@@ -188,6 +188,8 @@ class FedTT(Strategy):
         self._pending: dict[int, dict[str, int]] = {}
         #: per round: bytes_down, bytes_up, clients, rejected, trainable tensors and the plan
         self.rounds: dict[int, dict] = {}
+        #: packed replies may be averaged as flat arrays (all replies of a round have one layout)
+        self.flat_replies = True
 
     # ------------------------------------------------------------------ checkpoints
     def get_state(self) -> dict:
@@ -248,10 +250,10 @@ class FedTT(Strategy):
         for msg in messages:
             node = msg.metadata.dst_node_id
             content = RecordDict(dict(msg.content.items()))  # inner strategies share one RecordDict
-            content[self.arrays_key] = _subset(self._global, send)
+            content[self.arrays_key] = self._node_record(node, _subset(self._global, send))
             sync = self._sync_for(node, frozen)
             if sync:
-                content[SYNC_KEY] = _subset(self._global, sync)
+                content[SYNC_KEY] = self._node_record(node, _subset(self._global, sync))
             if self.pack:
                 self._pack(content)
             self._pending[node] = dict(self._version)
@@ -259,6 +261,10 @@ class FedTT(Strategy):
             out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=msg.metadata.group_id))
         return out
+
+    def _node_record(self, node: int, record: ArrayRecord) -> ArrayRecord:
+        """What ``node`` receives of ``record`` (a subclass may tailor it per node: another TT rank)."""
+        return record
 
     def _pack(self, content: RecordDict) -> None:
         config = ConfigRecord(dict(content[self.inner_config_key].items())) \
@@ -383,7 +389,7 @@ class FedTT(Strategy):
         # FastFedAvg averages whatever it gets, key by key: packed replies can be averaged as they are (one
         # flat array each, unpacked once afterwards), and frozen tensors need not be filled in
         fast = type(self.inner) is FastFedAvg
-        flat = fast and self.pack
+        flat = fast and self.pack and self.flat_replies
         spec, layout = self._reply_spec(), self._layout()  # what every reply of the round must match, once
         digest = layout_digest(format_layout(layout), self._server_round) if self.pack else None
         accepted, errors = [], []

@@ -1,0 +1,154 @@
+"""Clients with different TT ranks (numpy and Flower only; no torch).
+
+A phone and a GPU server need not carry the same adapter. Each node declares its TT rank (asked once per node
+with a Flower ``query`` message: the reply's ``tt-rank``); the server keeps the global adapter at the largest
+rank ``R`` and:
+
+- **down**: sends a node of rank ``r < R`` every TT layer as the TT-SVD of the global layer at ranks
+  ``(1, r, ..., r, 1)`` (Oseledets 2011: quasi-optimal among rank-``r`` TTs), so its bytes follow its rank;
+  the other tensors (head, biases, norms) as they are;
+- **up**: checks a node's reply against the shapes it was sent (its rank), then pads its cores with zeros to
+  rank ``R``, which is exact (the represented matrix does not change);
+- **aggregates** every TT layer as the TT-SVD at rank ``R`` of the weighted mean of the clients' rebuilt
+  matrices (``average="matrices"``, :mod:`strategies.ttsvd`): each client weighs in with the matrix it trained,
+  whatever its rank.
+
+Cost on the server per round: one TT-SVD per layer and distinct node rank down, and one rebuild per layer and
+reply plus one TT-SVD per layer up (for MiniLM's 12 small adapter layers, milliseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from .fedtt import FedTT, Include
+from .packing import as_numpy
+from .schedules import cores_per_layer
+from .ttsvd import tt_full, tt_svd
+from .validation import Expected, expected_of
+from .wire import PACKED, format_layout, layout_digest
+
+RANK_KEY = "tt-rank"
+
+
+def truncate_layer(cores: list[np.ndarray], rank: int) -> list[np.ndarray]:
+    """The best rank-``rank`` TT (by TT-SVD) of the layer the cores represent, in the cores' dtype."""
+    ranks = [1] + [rank] * (len(cores) - 1) + [1]
+    return [c.astype(cores[0].dtype) for c in tt_svd(tt_full(cores), ranks)]
+
+
+def pad_core(core: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A core zero-padded to ``shape`` (larger boundary ranks): the TT's product is unchanged."""
+    out = np.zeros(shape, dtype=core.dtype)
+    out[: core.shape[0], :, : core.shape[2]] = core
+    return out
+
+
+class FedTTHetero(FedTT):
+    """FedTT for nodes of different TT ranks (module docstring). ``inner`` must average (FedAvg/FedProx);
+    ``query_timeout``: how long the first round waits for the nodes' ranks (a node that does not answer is taken
+    at the global rank)."""
+
+    def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
+                 query_timeout: float = 600.0) -> None:
+        super().__init__(inner, include=include, pack=pack, average="matrices")
+        self.flat_replies = False  # replies of different ranks have different layouts
+        self.node_rank: dict[int, int] = {}
+        self.query_timeout = query_timeout
+        self._sent: dict[int, dict[str, tuple[int, ...]]] = {}  # node -> shapes of the tensors it was sent
+        self._truncated: dict[int, dict[str, np.ndarray]] = {}  # rank -> cores of the current global
+
+    @property
+    def global_rank(self) -> int:
+        first = next(n for n in self._travelling if n.endswith(".core_0"))
+        return int(self._global[first].shape[-1])
+
+    def learn_ranks(self, grid: Grid, nodes: Iterable[int]) -> None:
+        """Ask the nodes whose rank is unknown (one ``query`` message each); validate what they say."""
+        unknown = sorted({n for n in nodes if n not in self.node_rank})
+        if not unknown:
+            return
+        ask = [Message(RecordDict({"config": ConfigRecord({"ask": RANK_KEY})}), dst_node_id=n, message_type="query")
+               for n in unknown]
+        replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(ask, timeout=self.query_timeout)}
+        top = self.global_rank
+        for node in unknown:
+            rank, why = top, "no answer"
+            msg = replies.get(node)
+            if msg is not None and not msg.has_error():
+                values = [r.get(RANK_KEY) for r in msg.content.metric_records.values() if RANK_KEY in r]
+                said = values[0] if len(values) == 1 else None
+                if isinstance(said, int) and not isinstance(said, bool) and 1 <= said <= top:
+                    rank, why = said, ""
+                else:
+                    why = f"an invalid rank {said!r} (1..{top})"
+            if why:
+                log(WARNING, "FedTT: node %s gave %s; it gets the global rank %s", node, why, top)
+            self.node_rank[node] = rank
+
+    def _cores_at(self, rank: int) -> dict[str, np.ndarray]:
+        if rank not in self._truncated:
+            out = {}
+            for layer, d in cores_per_layer(self._travelling).items():
+                names = [f"{layer}.core_{k}" for k in range(d)]
+                cores = truncate_layer([as_numpy(self._global[n]) for n in names], rank)
+                out.update(zip(names, cores, strict=True))
+            self._truncated[rank] = out
+        return self._truncated[rank]
+
+    def _node_record(self, node: int, record: ArrayRecord) -> ArrayRecord:
+        rank = self.node_rank.get(node, self.global_rank)
+        cores = self._cores_at(rank) if rank < self.global_rank else {}
+        out = ArrayRecord({n: Array(np.ascontiguousarray(cores[n])) if n in cores else a for n, a in record.items()})
+        self._sent.setdefault(node, {}).update({n: tuple(int(x) for x in a.shape) for n, a in out.items()})
+        return out
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._begin(arrays)
+        self.learn_ranks(grid, grid.get_node_ids())
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self._begin(arrays)
+        self.learn_ranks(grid, grid.get_node_ids())
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def _begin(self, arrays: ArrayRecord) -> None:
+        self._track_versions(arrays)
+        self._travelling = self.travelling(arrays)
+        self._truncated, self._sent = {}, {}
+
+    def _clean_train(self, msg: Message, spec: list[Expected], flat: bool, layout: list[tuple[str, tuple[int, ...]]],
+                     digest: str | None) -> None:
+        """A node of a lower rank replies its cores at the shapes it was sent; checked against those, then padded
+        to the global rank, so everything after this sees global shapes."""
+        node = msg.metadata.src_node_id
+        sent = self._sent.get(node, {})
+        if all(sent.get(n, tuple(self._global[n].shape)) == tuple(self._global[n].shape) for n in self._expected):
+            return super()._clean_train(msg, spec, flat, layout, digest)
+        node_spec = [Expected(e.name, sent.get(e.name, e.shape), e.dtype)
+                     for e in expected_of(self._global, self._expected)]
+        node_layout = [(e.name, e.shape) for e in node_spec]
+        if self.pack:
+            node_spec = [Expected(PACKED, (sum(int(np.prod(e.shape)) for e in node_spec),), node_spec[0].dtype)]
+        node_digest = layout_digest(format_layout(node_layout), self._server_round) if self.pack else None
+        super()._clean_train(msg, node_spec, False, node_layout, node_digest)
+        record = msg.content[self.arrays_key]
+        msg.content[self.arrays_key] = ArrayRecord({
+            n: Array(pad_core(as_numpy(record[n]), tuple(self._global[n].shape)))
+            if tuple(record[n].shape) != tuple(self._global[n].shape) else record[n] for n in record})
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        out = super().aggregate_train(server_round, replies)
+        self._truncated = {}
+        return out
