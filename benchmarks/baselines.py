@@ -1,0 +1,169 @@
+"""Every registered method at today's defaults, and clients with different TT ranks: MiniLM, 10 clients with
+Dirichlet(0.5) label skew, 5 per round, SST-2 and MRPC, 3 seeds.
+
+Each cell runs this project's ServerApp and ClientApp in-process (fedtt_flwr.inprocess). Unlike
+``benchmarks/grid.py`` (which pins the settings of the original study), cells here take the app's current
+defaults (packed messages, AdamW 3e-3, LayerNorm gains, logit adjustment, mean pooling where the checkpoint was
+trained so): the "current best settings" of every method. The heterogeneous block: FedTT with the global adapter
+at rank 8 and the 10 clients at ranks 2, 5, 8 (cyclically, ``node-ranks``), against the homogeneous rank-5 FedTT
+cells. One JSON per finished cell in benchmarks/results/baselines/ (a rerun resumes); ``--report`` writes the
+table (final metric, bytes per round both ways, MB to LoRA's final level minus one point) and the plot into
+docs/results.md between its ``baselines`` markers.
+
+    HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.baselines > baselines.log 2>&1 &
+    .venv/bin/python -m benchmarks.baselines --list
+    .venv/bin/python -m benchmarks.baselines --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks._common import RESULTS, publish, run_cells
+
+OUT = RESULTS / "baselines"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+RUNS = RESULTS.parent / "out" / "baselines"
+TASKS = ("sst2", "mrpc")
+CLIENTS, PER_ROUND = 10, 5
+COMMON = {"model": "minilm", "num-server-rounds": 10, "local-steps": 10, "batch-size": 16, "partition": "dirichlet",
+          "alpha": 0.5, "fraction-train": PER_ROUND / CLIENTS, "min-clients": PER_ROUND, "eval-every": 1,
+          "eval-batch-size": 64}
+MAX_LENGTH = {"sst2": 64, "mrpc": 128}
+#: the heterogeneous block's variant (method "fedtt-hetero" in the tables)
+HETERO = {"method": "fedtt", "rank": 8, "node-ranks": "2,5,8"}
+
+
+def methods() -> tuple[str, ...]:
+    """Every registered method scored by the server's dev metric (a personalised method is scored on its nodes,
+    not comparable here), then the heterogeneous FedTT."""
+    from fedtt_flwr.methods import all_methods
+
+    return (*(m.name for m in all_methods() if not m.personal), "fedtt-hetero")
+
+
+def cells(seeds: tuple[int, ...] = (0, 1, 2)) -> list[tuple[str, str, int]]:
+    """Seed by seed: the newly added methods and their references first (FedTT, LoRA, FedEx-LoRA, FLoRA, the
+    heterogeneous block), then the rest of the registry."""
+    first = ("fedtt", "lora", "fedex-lora", "flora", "fedtt-hetero")
+    order = [*first, *(m for m in methods() if m not in first)]
+    return [(task, method, seed) for seed in seeds for method in order for task in TASKS]
+
+
+def key(task: str, method: str, seed: int) -> str:
+    return f"{task}-{method.replace('+', 'plus')}-s{seed}"
+
+
+def run_cell(task: str, method: str, seed: int) -> dict:
+    from fedtt_flwr.data import default_data_dir
+    from fedtt_flwr.inprocess import run_inprocess
+    from fedtt_flwr.tasks import PRESETS
+
+    name = key(task, method, seed)
+    variant = HETERO if method == "fedtt-hetero" else {"method": method}
+    cfg = {**COMMON, **variant, "task": task, "seed": seed, "max-length": MAX_LENGTH[task], "run-name": name,
+           "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
+    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted cell starts over
+    t0 = time.perf_counter()
+    run_inprocess(cfg, CLIENTS)
+    lines = [json.loads(x) for x in (RUNS / name / "metrics.jsonl").read_text().splitlines()]
+    metrics = PRESETS[task].metrics
+    return {"task": task, "method": method, "seed": seed, "run_config": cfg, "clients": CLIENTS,
+            "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
+            "bytes_down_per_round": [x["bytes_down"] for x in lines[1:]],
+            "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
+                      for x in lines],
+            "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
+            "command": f".venv/bin/python -m benchmarks.baselines --only {name}"}
+
+
+def report() -> None:
+    """Per task and method: final dev metric (mean and range over the seeds there are), uplink and downlink MB per
+    round (5 clients), and the MB each seed sent to reach that seed's LoRA final level minus one point."""
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    if not results:
+        print("no finished cells yet")
+        return
+    from fedtt_flwr.tasks import PRESETS
+
+    rows = ["| task | method | seeds | final dev (mean, min-max) | up MB / round | down MB / round "
+            "| MB to LoRA's final - 1 pt (per seed) |", "|---|---|---|---|---|---|---|"]
+    lora = {(r["task"], r["seed"]): r for r in results if r["method"] == "lora"}
+    order = methods()
+    for task in TASKS:
+        metric = PRESETS[task].metrics[0]
+        for method in order:
+            mine = sorted((r for r in results if r["task"] == task and r["method"] == method), key=lambda r: r["seed"])
+            if not mine:
+                continue
+            finals = [100 * r["final"][metric] for r in mine if r["final"].get(metric) is not None]
+            to_level = []
+            for r in mine:
+                ref = lora.get((task, r["seed"]))
+                if ref is None or ref["final"].get(metric) is None:
+                    to_level.append("-")
+                    continue
+                level = ref["final"][metric] - 0.01
+                hit = next((p["mb_up"] for p in r["curve"] if p.get(metric, -1) >= level), None)
+                to_level.append(f"{hit:.2f}" if hit is not None else "not reached")
+            up = statistics.mean(sum(r["bytes_up_per_round"]) / len(r["bytes_up_per_round"]) for r in mine) / 1e6
+            down = statistics.mean(sum(r["bytes_down_per_round"]) / len(r["bytes_down_per_round"]) for r in mine) / 1e6
+            final = (f"{metric} {statistics.mean(finals):.1f} ({min(finals):.1f}-{max(finals):.1f})" if finals else "-")
+            rows.append(f"| {task} | {method} | {','.join(str(r['seed']) for r in mine)} | {final} | {up:.3f} | "
+                        f"{down:.3f} | {' / '.join(to_level)} |")
+    table = "\n".join(rows)
+    (OUT / "table.md").write_text(table + "\n")
+    _plot(results)
+    publish(DOC, {"baselines": table})
+
+
+def _plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedtt_flwr.tasks import PRESETS
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4))
+    for ax, task in zip(axes, TASKS, strict=True):
+        metric = PRESETS[task].metrics[0]
+        for method in methods():
+            runs = [r for r in results if r["task"] == task and r["method"] == method and r["seed"] == 0]
+            for r in runs:
+                pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("cumulative uplink MB")
+        ax.set_ylabel(f"dev {metric}")
+        ax.set_title(f"{task} (MiniLM, 10 clients, Dir(0.5), seed 0)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = DOC.parent / "img" / "baselines.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="cell keys, comma-separated (e.g. sst2-flora-s0)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
+            if not args.only or key(*c) in args.only.split(",")]
+    if not args.report:
+        run_cells(todo, key, OUT, run_cell, "baselines", args.list, lambda r: r["final"])
+    if not args.list:
+        report()
+
+
+if __name__ == "__main__":
+    main()
