@@ -6,9 +6,10 @@ Each cell runs this project's ServerApp and ClientApp in-process (fedtt_flwr.inp
 defaults (packed messages, AdamW 3e-3, LayerNorm gains, logit adjustment, mean pooling where the checkpoint was
 trained so): the "current best settings" of every method. The heterogeneous block: FedTT with the global adapter
 at rank 8 and the 10 clients at ranks 2, 5, 8 (cyclically, ``node-ranks``), against the homogeneous rank-5 FedTT
-cells. One JSON per finished cell in benchmarks/results/baselines/ (a rerun resumes); ``--report`` writes the
-table (final metric, bytes per round both ways, MB to LoRA's final level minus one point) and the plot into
-docs/results.md between its ``baselines`` markers.
+cells; FLoRA with clients at LoRA ranks 4, 8, 16 against the homogeneous rank-8 FLoRA. One JSON per finished
+cell in benchmarks/results/baselines/ (a rerun resumes); ``--report`` writes the table (final metric, bytes per
+round both ways, MB to LoRA's final level minus one point) and the plot into docs/results.md between its
+``baselines`` markers.
 
     HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.baselines > baselines.log 2>&1 &
     .venv/bin/python -m benchmarks.baselines --list
@@ -35,8 +36,9 @@ COMMON = {"model": "minilm", "num-server-rounds": 10, "local-steps": 10, "batch-
           "alpha": 0.5, "fraction-train": PER_ROUND / CLIENTS, "min-clients": PER_ROUND, "eval-every": 1,
           "eval-batch-size": 64}
 MAX_LENGTH = {"sst2": 64, "mrpc": 128}
-#: the heterogeneous block's variant (method "fedtt-hetero" in the tables)
-HETERO = {"method": "fedtt", "rank": 8, "node-ranks": "2,5,8"}
+#: the heterogeneous block's variants (methods "fedtt-hetero" and "flora-hetero" in the tables)
+HETERO = {"fedtt-hetero": {"method": "fedtt", "rank": 8, "node-ranks": "2,5,8"},
+          "flora-hetero": {"method": "flora", "lora-rank": 16, "node-ranks": "4,8,16"}}
 
 
 def methods() -> tuple[str, ...]:
@@ -44,13 +46,13 @@ def methods() -> tuple[str, ...]:
     not comparable here), then the heterogeneous FedTT."""
     from fedtt_flwr.methods import all_methods
 
-    return (*(m.name for m in all_methods() if not m.personal), "fedtt-hetero")
+    return (*(m.name for m in all_methods() if not m.personal), *HETERO)
 
 
 def cells(seeds: tuple[int, ...] = (0, 1, 2)) -> list[tuple[str, str, int]]:
     """Seed by seed: the newly added methods and their references first (FedTT, LoRA, FedEx-LoRA, FLoRA, the
     heterogeneous block), then the rest of the registry."""
-    first = ("fedtt", "lora", "fedex-lora", "flora", "fedtt-hetero")
+    first = ("fedtt", "lora", "fedex-lora", "flora", *HETERO)
     order = [*first, *(m for m in methods() if m not in first)]
     return [(task, method, seed) for seed in seeds for method in order for task in TASKS]
 
@@ -65,7 +67,7 @@ def run_cell(task: str, method: str, seed: int) -> dict:
     from fedtt_flwr.tasks import PRESETS
 
     name = key(task, method, seed)
-    variant = HETERO if method == "fedtt-hetero" else {"method": method}
+    variant = HETERO.get(method, {"method": method})
     cfg = {**COMMON, **variant, "task": task, "seed": seed, "max-length": MAX_LENGTH[task], "run-name": name,
            "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
     shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted cell starts over

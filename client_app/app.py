@@ -31,8 +31,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """What the server asks of a node before it trains: its TT rank (clients with their own ranks)."""
+    """What the server asks of a node before it trains: its adapter rank (clients with their own ranks)."""
     from fedtt_flwr.config import RunConfig, node_rank
 
     rank = node_rank(context.node_config, RunConfig.from_flower(dict(context.run_config)))
-    return Message(RecordDict({"metrics": MetricRecord({"tt-rank": rank})}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord({"adapter-rank": rank})}), reply_to=msg)

@@ -138,9 +138,9 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
             raise ValueError(f"node config '{key}': {e} on this node") from None
         run_config[key] = str(nc[key])
     cfg = RunConfig.from_flower(run_config)
-    rank = node_rank(nc, cfg)
-    if rank != cfg.rank:  # this node's own TT rank: its model is built at it (the server truncates for it)
-        cfg = cfg.model_copy(update={"rank": rank, "node_ranks": ""})
+    rank, key = node_rank(nc, cfg), "lora_rank" if cfg.method == "flora" else "rank"
+    if rank != getattr(cfg, key):  # this node's own adapter rank: its model is built at it (the server tailors)
+        cfg = cfg.model_copy(update={key: rank, "node_ranks": ""})
     if "partition-id" not in nc:
         if "data-dir" in nc or own:
             return cfg, 0, 1

@@ -139,7 +139,8 @@ class RunConfig(BaseModel):
     tt_average: Literal["cores", "matrices"] = Field(
         "cores", description="fedtt: cores: average core by core (the paper); matrices: average the rebuilt "
                              "matrices and truncate back to TT by TT-SVD (docs/convergence.md)")
-    node_ranks: str = Field("", description="fedtt: clients with their own TT ranks (strategies.hetero). '': every "
+    node_ranks: str = Field("", description="fedtt, flora: clients with their own adapter ranks (TT; FLoRA: LoRA) "
+                                            "(strategies.hetero). '': every "
                                             "node at `rank`; 'nodes': each SuperNode declares rank=N in its node "
                                             "config; '2,5,8': the simulated node with partition-id i takes the "
                                             "i-th value, cyclically. The global adapter stays at `rank`, the "
@@ -284,14 +285,16 @@ class RunConfig(BaseModel):
     def _node_ranks(self) -> RunConfig:
         if not self.node_ranks:
             return self
-        if self.method != "fedtt" or self.server_opt not in ("fedavg", "fedprox"):
-            raise ValueError("node-ranks needs method fedtt (every core trains every round) and server-opt fedavg or "
-                             f"fedprox (got method {self.method!r}, server-opt {self.server_opt!r})")
+        if self.method not in ("fedtt", "flora") or self.server_opt not in ("fedavg", "fedprox"):
+            raise ValueError("node-ranks needs method fedtt (TT ranks; every core trains every round) or flora (LoRA "
+                             "ranks) and server-opt fedavg or fedprox (got method "
+                             f"{self.method!r}, server-opt {self.server_opt!r})")
         if self.node_ranks != "nodes":
+            top, key = (self.rank, "rank") if self.method == "fedtt" else (self.lora_rank, "lora-rank")
             for value in self.node_ranks.split(","):
-                if not value.strip().isdigit() or not 1 <= int(value) <= self.rank:
-                    raise ValueError(f"node-ranks {self.node_ranks!r}: each value must be a rank from 1 to rank = "
-                                     f"{self.rank} (the global adapter's, the largest), or 'nodes'")
+                if not value.strip().isdigit() or not 1 <= int(value) <= top:
+                    raise ValueError(f"node-ranks {self.node_ranks!r}: each value must be a rank from 1 to {key} = "
+                                     f"{top} (the global adapter's, the largest), or 'nodes'")
         return self
 
     @model_validator(mode="after")
@@ -376,17 +379,18 @@ TRAINING_KEYS = frozenset({
 
 
 def node_rank(node_config: dict, cfg: RunConfig) -> int:
-    """This node's TT rank: its node config's ``rank`` (node-ranks = 'nodes'), its partition's entry of the run's
-    node-ranks list, or the run's rank."""
+    """This node's adapter rank (the TT rank; FLoRA: the LoRA rank): its node config's ``rank`` (node-ranks =
+    'nodes'), its partition's entry of the run's node-ranks list, or the run's rank."""
+    top = cfg.lora_rank if cfg.method == "flora" else cfg.rank
     if not cfg.node_ranks:
         if "rank" in node_config:
             raise ValueError("node config 'rank': this run gives every node the same rank (set node-ranks = 'nodes' "
                              "in the run config to let nodes declare their own)")
-        return cfg.rank
+        return top
     if cfg.node_ranks == "nodes":
-        value = node_config.get("rank", cfg.rank)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfg.rank:
-            raise ValueError(f"node config 'rank': {value!r} is not a TT rank from 1 to the run's rank {cfg.rank}")
+        value = node_config.get("rank", top)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ValueError(f"node config 'rank': {value!r} is not an adapter rank from 1 to the run's {top}")
         return value
     ranks = [int(v) for v in cfg.node_ranks.split(",")]
     return ranks[int(node_config.get("partition-id", 0)) % len(ranks)]

@@ -86,7 +86,8 @@ def build_strategy(cfg: RunConfig, travelling: list[str], resolved: Resolved | N
                                   pack=cfg.pack_arrays)
     elif method.rounds == "residual":
         strategy = FedLoRAResidual(inner, include=travelling, pack=cfg.pack_arrays, mode=method.extra["residual"],
-                                   scaling=cfg.lora_alpha / cfg.lora_rank, seed=cfg.seed, sync=cfg.sync)
+                                   scaling=cfg.lora_alpha / cfg.lora_rank, seed=cfg.seed, sync=cfg.sync,
+                                   node_ranks=bool(cfg.node_ranks))
     elif cfg.node_ranks:
         strategy = FedTTHetero(inner, include=travelling, pack=cfg.pack_arrays)
     else:

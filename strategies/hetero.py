@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -35,7 +35,7 @@ from .ttsvd import tt_full, tt_svd
 from .validation import Expected, expected_of
 from .wire import PACKED, format_layout, layout_digest
 
-RANK_KEY = "tt-rank"
+RANK_KEY = "adapter-rank"
 
 
 def truncate_layer(cores: list[np.ndarray], rank: int) -> list[np.ndarray]:
@@ -44,31 +44,35 @@ def truncate_layer(cores: list[np.ndarray], rank: int) -> list[np.ndarray]:
     return [c.astype(cores[0].dtype) for c in tt_svd(tt_full(cores), ranks)]
 
 
-def pad_core(core: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A core zero-padded to ``shape`` (larger boundary ranks): the TT's product is unchanged."""
-    out = np.zeros(shape, dtype=core.dtype)
-    out[: core.shape[0], :, : core.shape[2]] = core
+def pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` zero-padded at the end of every axis to ``shape``: exact for a TT core (larger boundary ranks)
+    and for LoRA's A (more rows) and B (more columns) alike, the represented matrix does not change."""
+    out = np.zeros(shape, dtype=array.dtype)
+    out[tuple(slice(0, n) for n in array.shape)] = array
     return out
 
 
-class FedTTHetero(FedTT):
-    """FedTT for nodes of different TT ranks (module docstring). ``inner`` must average (FedAvg/FedProx);
-    ``query_timeout``: how long the first round waits for the nodes' ranks (a node that does not answer is taken
-    at the global rank)."""
+class NodeRanks:
+    """Per-node adapter ranks for a :class:`FedTT` subclass: learns each node's rank (a ``query`` message, once),
+    sends it the tensors :meth:`tailor` makes for its rank, checks its reply at those shapes and pads it back to
+    the global ones. Replies of different ranks have different layouts: they are never averaged flat."""
 
-    def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
-                 query_timeout: float = 600.0) -> None:
-        super().__init__(inner, include=include, pack=pack, average="matrices")
-        self.flat_replies = False  # replies of different ranks have different layouts
-        self.node_rank: dict[int, int] = {}
-        self.query_timeout = query_timeout
+    node_rank: dict[int, int]
+    query_timeout: float = 600.0
+
+    def _init_ranks(self, query_timeout: float) -> None:
+        self.node_rank, self.query_timeout = {}, query_timeout
         self._sent: dict[int, dict[str, tuple[int, ...]]] = {}  # node -> shapes of the tensors it was sent
-        self._truncated: dict[int, dict[str, np.ndarray]] = {}  # rank -> cores of the current global
+        self._tailored: dict[int, dict[str, np.ndarray]] = {}  # rank -> its tensors, for the current global
+        self.flat_replies = False
 
     @property
     def global_rank(self) -> int:
-        first = next(n for n in self._travelling if n.endswith(".core_0"))
-        return int(self._global[first].shape[-1])
+        raise NotImplementedError
+
+    def tailor(self, rank: int) -> dict[str, np.ndarray]:
+        """The travelling tensors that differ at ``rank`` from the global ones (a subclass decides how)."""
+        raise NotImplementedError
 
     def learn_ranks(self, grid: Grid, nodes: Iterable[int]) -> None:
         """Ask the nodes whose rank is unknown (one ``query`` message each); validate what they say."""
@@ -93,46 +97,36 @@ class FedTTHetero(FedTT):
                 log(WARNING, "FedTT: node %s gave %s; it gets the global rank %s", node, why, top)
             self.node_rank[node] = rank
 
-    def _cores_at(self, rank: int) -> dict[str, np.ndarray]:
-        if rank not in self._truncated:
-            out = {}
-            for layer, d in cores_per_layer(self._travelling).items():
-                names = [f"{layer}.core_{k}" for k in range(d)]
-                cores = truncate_layer([as_numpy(self._global[n]) for n in names], rank)
-                out.update(zip(names, cores, strict=True))
-            self._truncated[rank] = out
-        return self._truncated[rank]
+    def _begin(self, arrays: ArrayRecord, grid: Grid) -> None:
+        self._track_versions(arrays)
+        self._travelling = self.travelling(arrays)
+        self._tailored, self._sent = {}, {}
+        self.learn_ranks(grid, grid.get_node_ids())
 
     def _node_record(self, node: int, record: ArrayRecord) -> ArrayRecord:
         rank = self.node_rank.get(node, self.global_rank)
-        cores = self._cores_at(rank) if rank < self.global_rank else {}
-        out = ArrayRecord({n: Array(np.ascontiguousarray(cores[n])) if n in cores else a for n, a in record.items()})
+        if rank < self.global_rank and rank not in self._tailored:
+            self._tailored[rank] = self.tailor(rank)
+        mine = self._tailored.get(rank, {}) if rank < self.global_rank else {}
+        out = ArrayRecord({n: Array(np.ascontiguousarray(mine[n])) if n in mine else a for n, a in record.items()})
         self._sent.setdefault(node, {}).update({n: tuple(int(x) for x in a.shape) for n, a in out.items()})
         return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._begin(arrays)
-        self.learn_ranks(grid, grid.get_node_ids())
+        self._begin(arrays, grid)
         return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        self._begin(arrays)
-        self.learn_ranks(grid, grid.get_node_ids())
+        self._begin(arrays, grid)
         return super().configure_evaluate(server_round, arrays, config, grid)
-
-    def _begin(self, arrays: ArrayRecord) -> None:
-        self._track_versions(arrays)
-        self._travelling = self.travelling(arrays)
-        self._truncated, self._sent = {}, {}
 
     def _clean_train(self, msg: Message, spec: list[Expected], flat: bool, layout: list[tuple[str, tuple[int, ...]]],
                      digest: str | None) -> None:
-        """A node of a lower rank replies its cores at the shapes it was sent; checked against those, then padded
-        to the global rank, so everything after this sees global shapes."""
-        node = msg.metadata.src_node_id
-        sent = self._sent.get(node, {})
+        """A node of a lower rank replies at the shapes it was sent; checked against those, then padded to the
+        global shapes, so everything after this sees global shapes."""
+        sent = self._sent.get(msg.metadata.src_node_id, {})
         if all(sent.get(n, tuple(self._global[n].shape)) == tuple(self._global[n].shape) for n in self._expected):
             return super()._clean_train(msg, spec, flat, layout, digest)
         node_spec = [Expected(e.name, sent.get(e.name, e.shape), e.dtype)
@@ -144,11 +138,29 @@ class FedTTHetero(FedTT):
         super()._clean_train(msg, node_spec, False, node_layout, node_digest)
         record = msg.content[self.arrays_key]
         msg.content[self.arrays_key] = ArrayRecord({
-            n: Array(pad_core(as_numpy(record[n]), tuple(self._global[n].shape)))
+            n: Array(pad_to(as_numpy(record[n]), tuple(self._global[n].shape)))
             if tuple(record[n].shape) != tuple(self._global[n].shape) else record[n] for n in record})
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        out = super().aggregate_train(server_round, replies)
-        self._truncated = {}
+
+class FedTTHetero(NodeRanks, FedTT):
+    """FedTT for nodes of different TT ranks (module docstring). ``inner`` must average (FedAvg/FedProx);
+    ``query_timeout``: how long the first round waits for the nodes' ranks (a node that does not answer is taken
+    at the global rank)."""
+
+    def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
+                 query_timeout: float = 600.0) -> None:
+        FedTT.__init__(self, inner, include=include, pack=pack, average="matrices")
+        self._init_ranks(query_timeout)
+
+    @property
+    def global_rank(self) -> int:
+        first = next(n for n in self._travelling if n.endswith(".core_0"))
+        return int(self._global[first].shape[-1])
+
+    def tailor(self, rank: int) -> dict[str, np.ndarray]:
+        """Every TT layer as the TT-SVD of the global one at ``rank``."""
+        out = {}
+        for layer, d in cores_per_layer(self._travelling).items():
+            names = [f"{layer}.core_{k}" for k in range(d)]
+            out.update(zip(names, truncate_layer([as_numpy(self._global[n]) for n in names], rank), strict=True))
         return out

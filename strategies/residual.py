@@ -23,9 +23,11 @@ from typing import Literal
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .fedtt import FedTT, Include
+from .hetero import NodeRanks
 from .packing import as_numpy
 
 RESIDUAL = ".lora_residual"
@@ -49,19 +51,48 @@ def lora_modules(names: Iterable[str]) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-class FedLoRAResidual(FedTT):
+class FedLoRAResidual(NodeRanks, FedTT):
     """FedEx-LoRA (``mode="fedex"``) or FLoRA (``mode="flora"``) on top of :class:`FedTT`'s exchange, validation
-    and accounting. ``scaling``: LoRA's alpha / rank; ``seed``: FLoRA's per-round re-initialisation of A.
-    ``inner`` must average (FedAvg or FedProx): the residual makes the global model the clients' mean."""
+    and accounting. ``scaling``: LoRA's alpha / rank (of the global LoRA); ``seed``: FLoRA's per-round
+    re-initialisation of A. ``inner`` must average (FedAvg or FedProx): the residual makes the global model the
+    clients' mean. ``node_ranks`` (FLoRA only): nodes train LoRA of their own ranks (learned by a ``query``,
+    :class:`strategies.hetero.NodeRanks`); a node of rank r gets the first r rows of the round's fresh A and r
+    zero columns of B, its product enters the residual with its own scaling alpha / r, which is how FLoRA stacks
+    modules of different ranks."""
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
                  mode: Literal["fedex", "flora"] = "fedex", scaling: float = 2.0, seed: int = 0,
-                 sync: Literal["full", "delta"] = "full") -> None:
-        super().__init__(inner, include=include, pack=pack)
+                 sync: Literal["full", "delta"] = "full", node_ranks: bool = False) -> None:
+        FedTT.__init__(self, inner, include=include, pack=pack)
         if mode not in ("fedex", "flora"):
             raise ValueError(f"mode must be 'fedex' or 'flora', got {mode!r}")
+        if node_ranks and mode != "flora":
+            raise ValueError("per-node LoRA ranks: FLoRA only (FedEx-LoRA averages A and B, which needs one shape)")
         self.mode, self.scaling, self.seed, self.sync = mode, float(scaling), seed, sync
-        self._replies: list[tuple[float, dict[str, np.ndarray]]] = []
+        self.per_node = node_ranks
+        self._init_ranks(600.0)
+        self.flat_replies = not node_ranks
+        self._replies: list[tuple[float, float, dict[str, np.ndarray]]] = []
+
+    @property
+    def global_rank(self) -> int:
+        a_name = next(iter(lora_modules(self._travelling).values()))[0]
+        return int(self._global[a_name].shape[0])
+
+    def tailor(self, rank: int) -> dict[str, np.ndarray]:
+        """The round's fresh LoRA at ``rank``: A's first rows, B's first (zero) columns."""
+        out = {}
+        for a_name, b_name, _ in lora_modules(self._travelling).values():
+            out[a_name] = as_numpy(self._global[a_name])[:rank]
+            out[b_name] = as_numpy(self._global[b_name])[:, :rank]
+        return out
+
+    def _begin(self, arrays: ArrayRecord, grid: Grid) -> None:
+        if self.per_node:
+            super()._begin(arrays, grid)
+
+    def _node_record(self, node: int, record: ArrayRecord) -> ArrayRecord:
+        return super()._node_record(node, record) if self.per_node else record
 
     def select(self, server_round: int, names: list[str]) -> tuple[list[str], str | None, str]:
         train = [n for n in names if not n.endswith(RESIDUAL)]
@@ -69,7 +100,9 @@ class FedLoRAResidual(FedTT):
 
     def _post_aggregate(self, agg: ArrayRecord, accepted: list[Message], flat: bool) -> ArrayRecord:
         factors = [n for a, b, _ in lora_modules(self._travelling).values() for n in (a, b)]
-        self._replies = [(self.reply_weight(m), self.reply_tensors(m, factors, flat)) for m in accepted]
+        top = self.global_rank
+        self._replies = [(self.reply_weight(m), self.scaling * top / self.node_rank.get(m.metadata.src_node_id, top),
+                          self.reply_tensors(m, factors, flat)) for m in accepted]
         return agg
 
     def aggregate_train(
@@ -80,16 +113,16 @@ class FedLoRAResidual(FedTT):
         merged, metrics = super().aggregate_train(server_round, replies)
         if merged is None or not self._replies:
             return merged, metrics
-        weights = np.array([w for w, _ in self._replies], dtype=np.float64)
+        weights = np.array([w for w, _, _ in self._replies], dtype=np.float64)
         weights /= weights.sum()
         updated = dict(merged.items())
         rng = np.random.default_rng([self.seed, server_round])
         for a_name, b_name, r_name in lora_modules(self._travelling).values():
-            stacked = sum(p * (t[b_name].astype(np.float64) @ t[a_name].astype(np.float64))
-                          for p, (_, t) in zip(weights, self._replies, strict=True))
+            stacked = sum(p * s * (t[b_name].astype(np.float64) @ t[a_name].astype(np.float64))
+                          for p, (_, s, t) in zip(weights, self._replies, strict=True))
             a, b = (as_float64(merged[n]) for n in (a_name, b_name))
-            step = stacked - b @ a if self.mode == "fedex" else stacked
-            residual = as_float64(merged[r_name]) + self.scaling * step
+            step = stacked - self.scaling * (b @ a) if self.mode == "fedex" else stacked
+            residual = as_float64(merged[r_name]) + step
             if not np.isfinite(residual).all():  # cannot happen within the replies' value bound; never merge it
                 self._global, self._version = before, versions
                 return self._skip(self._round(server_round), server_round, f"{r_name}: the residual overflowed")

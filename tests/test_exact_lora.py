@@ -108,3 +108,64 @@ def test_a_federated_run_trains_and_sends_the_residual_down_only(tmp_path, tiny_
     assert 3 * 4 * sum(p.numel() for p in residual.values()) <= extra < 1.1 * 3 * 4 * sum(
         p.numel() for p in residual.values()) + 3000
     assert exact[-1]["train_loss"] is not None and np.isfinite(exact[-1]["accuracy"])
+
+
+def test_flora_stacks_clients_of_different_lora_ranks_exactly():
+    """Nodes at LoRA ranks 1, 2 (global 2): each gets the first r rows of the round's A and r zero columns of B;
+    its product enters the residual with its own peft scaling alpha / r."""
+    rng = np.random.default_rng(1)
+    initial = global_record(rng)
+    initial[B] = Array(np.zeros((OUT, R), np.float32))  # FLoRA's round starts from B = 0
+    ranks = {101: 1, 102: 2, 103: 1}
+    alpha = S * R
+    sent_back: dict = {}
+    plain = client(sent_back)
+
+    def app(msg, context):
+        if msg.metadata.message_type == "query":
+            return Message(RecordDict({"m": MetricRecord({"adapter-rank": ranks[context.node_id]})}), reply_to=msg)
+        if msg.metadata.message_type == "train":
+            got = receive_global(msg.content)
+            r = ranks[context.node_id]
+            assert got[A].shape == (r, IN) and got[B].shape == (OUT, r) and not got[B].numpy().any()
+            np.testing.assert_array_equal(got[A].numpy(), initial[A].numpy()[:r])
+        return plain(msg, context)
+
+    for pack in (False, True):
+        sent_back.clear()
+        strategy = FedLoRAResidual(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
+                                   include=[A, B, RES, HEAD], pack=pack, mode="flora", scaling=S, seed=3,
+                                   node_ranks=True)
+        result = strategy.start(grid=InProcessGrid(app, 3), initial_arrays=initial, num_rounds=1,
+                                train_config=ConfigRecord())
+        assert strategy.rounds[1]["replies"] == 3 and strategy.rounds[1]["rejected"] == 0
+        total = sum(n for n, _ in sent_back.values())
+        res0 = initial[RES].numpy().astype(np.float64)
+        stacked = sum(n / total * alpha / ranks[nid] * t[B].astype(np.float64) @ t[A].astype(np.float64)
+                      for nid, (n, t) in sent_back.items())
+        np.testing.assert_allclose(result.arrays[RES].numpy(), res0 + stacked, rtol=1e-5, atol=1e-5)
+        assert result.arrays[A].numpy().shape == (R, IN) and not result.arrays[B].numpy().any()
+
+
+def test_per_node_lora_ranks_are_flora_only():
+    from fedtt_flwr.config import RunConfig
+
+    with pytest.raises(ValueError, match="node-ranks needs method fedtt .* or flora"):
+        RunConfig(method="fedex-lora", node_ranks="4,8")
+    with pytest.raises(ValueError, match="lora-rank = 8"):
+        RunConfig(method="flora", node_ranks="4,16")
+    with pytest.raises(ValueError, match="FLoRA only"):
+        FedLoRAResidual(mode="fedex", node_ranks=True)
+
+
+def test_a_flora_run_with_mixed_lora_ranks(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    from fedtt_flwr.inprocess import run_inprocess
+
+    out = {}
+    for name, ranks in (("mixed", "2,8,4"), ("same", "")):
+        run_inprocess({"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "num-server-rounds": 2,
+                       "local-steps": 2, "max-length": 16, "output-dir": str(tmp_path), "run-name": name,
+                       "method": "flora", "lora-rank": 8, "node-ranks": ranks}, num_nodes=3)
+        out[name] = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["replies"], x["errors"], x["rejected"]) for x in out["mixed"][1:]] == [(3, 0, 0), (3, 0, 0)]
+    assert out["mixed"][1]["bytes_up"] < out["same"][1]["bytes_up"]  # two of three nodes below rank 8

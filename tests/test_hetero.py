@@ -49,7 +49,7 @@ def client(ranks: dict[int, int], trained: dict, lie: dict | None = None):
         nid = context.node_id
         if msg.metadata.message_type == "query":
             said = (lie or {}).get(nid, ranks[nid])
-            return Message(RecordDict({"m": MetricRecord({"tt-rank": said})}), reply_to=msg)
+            return Message(RecordDict({"m": MetricRecord({"adapter-rank": said})}), reply_to=msg)
         received = receive_global(msg.content)
         if msg.metadata.message_type == "evaluate":
             return Message(RecordDict({"metrics": MetricRecord({"loss": 1.0, "num-examples": 5})}), reply_to=msg)
