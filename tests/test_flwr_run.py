@@ -65,3 +65,12 @@ def test_stop_kills_what_the_superlink_started_in_other_sessions(tmp_path):
     assert link.poll() is not None
     stat = subprocess.run(["ps", "-o", "stat=", "-p", str(grandchild)], capture_output=True, text=True).stdout.strip()
     assert stat == "" or stat.startswith("Z"), f"the grandchild survived (ps stat {stat!r})"  # gone or a zombie
+
+
+def test_clients_of_different_ranks_through_flwr_run(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """The rank query (a Flower ``query`` message) and per-node shapes through the real SuperLink and Ray."""
+    home = tmp_path / "flwr-home"
+    config = _config(tmp_path, tiny_model_dir, tiny_sst2_dir, method="fedtt", **{"node-ranks": "2,5,3"})
+    assert simulate(num_supernodes=3, run_config=config, flwr_home=str(home), stream=False, timeout=600) == 0
+    lines = [json.loads(x) for x in (tmp_path / "runs" / "smoke" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["replies"], x["errors"], x["rejected"]) for x in lines[1:]] == [(3, 0, 0), (3, 0, 0)]
