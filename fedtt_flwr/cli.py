@@ -19,12 +19,14 @@ def _params(args: argparse.Namespace) -> int:
     from .report import client_memory, param_report
 
     norms = {"off": False, "on": True, "weight": "weight"}.get(args.train_layernorm)
-    if norms is None:  # auto: what a run trains and sends (fedtt/fedtt+ with a classification head: the gains)
-        norms = "weight" if args.task_kind != "causal-lm" else False
+    dense_norms = None
+    if norms is None:  # auto: what a run trains and sends (fedtt/fedtt+ with a classification head: the gains;
+        norms = "weight" if args.task_kind != "causal-lm" else False  # the baselines, the dense adapter too: none)
+        dense_norms = False
     cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias, train_layernorm=norms,
                           tensorized_classifier={"on": True, "off": False}.get(args.tensorized_classifier, "auto"))
     report = param_report(args.model, lora_rank=args.lora_rank, task_kind=args.task_kind,
-                          num_labels=args.num_labels, adapter_config=cfg)
+                          num_labels=args.num_labels, adapter_config=cfg, dense_layernorm=dense_norms)
     if args.memory:
         report["client_memory_gb"] = [client_memory(report, args.batch_size, args.seq_len, args.dtype, ckpt)
                                       for ckpt in (False, True)]

@@ -45,12 +45,15 @@ def _numel(shapes: dict[str, tuple[int, ...]]) -> int:
 
 
 def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTAdapterConfig,
-                 tt_state: dict, lora: dict, head: dict, rounds: int = 12, packed: bool = False) -> dict:
+                 tt_state: dict, lora: dict, head: dict, rounds: int = 12, packed: bool = False,
+                 dense_layernorm: bool | str | None = None) -> dict:
     """Per registered method: trainable values and uplink bytes per round for one client (mean over ``rounds``
     rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns). ``head``: the
-    model's own (dense) head, which the LoRA methods train and send."""
+    model's own (dense) head, which the LoRA methods train and send. ``dense_layernorm``: the dense adapter's
+    norms when they differ from the TT adapters' (a run's ``train-layernorm = auto`` gives baselines none)."""
+    dense_cfg = {"dense": True} if dense_layernorm is None else {"dense": True, "train_layernorm": dense_layernorm}
     dense_model = add_tt_adapters(build_empty_model(model_name, task_kind, num_labels),
-                                  cfg.model_copy(update={"dense": True}))
+                                  cfg.model_copy(update=dense_cfg))
     dense = {n: tuple(p.shape) for n, p in dense_model.named_parameters() if n in set(dense_model.fedtt_state_names)}
     shapes = ReportShapes(tt=tt_state, dense=dense, lora_a={n: v for n, v in lora.items() if ".lora_A." in n},
                           lora_b={n: v for n, v in lora.items() if ".lora_B." in n}, head=head)
@@ -76,6 +79,7 @@ def param_report(
     task_kind: TaskKind = "classification",
     num_labels: int = 2,
     adapter_config: TTAdapterConfig | None = None,
+    dense_layernorm: bool | str | None = None,
 ) -> dict:
     """Trainable parameters and bytes per round (one client, one direction) of TT adapters and LoRA."""
     cfg = adapter_config or TTAdapterConfig(rank=rank)
@@ -96,9 +100,10 @@ def param_report(
     lora_bytes = serialized_bytes({**lora, **lora_head})
     cfg_model = model.config
     return {
-        "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head),
+        "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head,
+                                dense_layernorm=dense_layernorm),
         "methods_packed": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head,
-                                       packed=True),
+                                       packed=True, dense_layernorm=dense_layernorm),
         "model": model_name,
         "model_type": cfg_model.model_type,
         "hidden_size": cfg_model.hidden_size,
