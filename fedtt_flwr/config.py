@@ -143,8 +143,9 @@ class RunConfig(BaseModel):
                                             "(strategies.hetero). '': every "
                                             "node at `rank`; 'nodes': each SuperNode declares rank=N in its node "
                                             "config; '2,5,8': the simulated node with partition-id i takes the "
-                                            "i-th value, cyclically. The global adapter stays at `rank`, the "
-                                            "largest; each node gets its TT-SVD truncation")
+                                            "i-th value, cyclically. The global adapter stays at the run's rank "
+                                            "(rank; flora: lora-rank), the largest; each node gets it at its own "
+                                            "rank (TT: the TT-SVD truncation; FLoRA: the first rows of the fresh A)")
     pack_arrays: bool = Field(True, description="send each message's tensors as one flat array (no per-tensor "
                                                  "header): same numbers, fewer bytes")
     lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")

@@ -87,9 +87,9 @@ def build_strategy(cfg: RunConfig, travelling: list[str], resolved: Resolved | N
     elif method.rounds == "residual":
         strategy = FedLoRAResidual(inner, include=travelling, pack=cfg.pack_arrays, mode=method.extra["residual"],
                                    scaling=cfg.lora_alpha / cfg.lora_rank, seed=cfg.seed, sync=cfg.sync,
-                                   node_ranks=bool(cfg.node_ranks))
+                                   node_ranks=bool(cfg.node_ranks), query_timeout=cfg.round_timeout)
     elif cfg.node_ranks:
-        strategy = FedTTHetero(inner, include=travelling, pack=cfg.pack_arrays)
+        strategy = FedTTHetero(inner, include=travelling, pack=cfg.pack_arrays, query_timeout=cfg.round_timeout)
     else:
         strategy = FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
     strategy.min_replies = cfg.min_replies

@@ -1,8 +1,9 @@
 """Clients with different TT ranks (numpy and Flower only; no torch).
 
-A phone and a GPU server need not carry the same adapter. Each node declares its TT rank (asked once per node
-with a Flower ``query`` message: the reply's ``tt-rank``); the server keeps the global adapter at the largest
-rank ``R`` and:
+A phone and a GPU server need not carry the same adapter. Each node declares its TT rank (a Flower ``query``
+message to each sampled node whose rank is not known yet: the reply's ``adapter-rank``; a node that does not
+answer sits the round out and is asked again, a node that fails is asked again); the server keeps the global
+adapter at the largest rank ``R`` and:
 
 - **down**: sends a node of rank ``r < R`` every TT layer as the TT-SVD of the global layer at ranks
   ``(1, r, ..., r, 1)`` (Oseledets 2011: quasi-optimal among rank-``r`` TTs), so its bytes follow its rank;
@@ -59,6 +60,7 @@ class NodeRanks:
 
     node_rank: dict[int, int]
     query_timeout: float = 600.0
+    per_node: bool = True
 
     def _init_ranks(self, query_timeout: float) -> None:
         self.node_rank, self.query_timeout = {}, query_timeout
@@ -84,26 +86,41 @@ class NodeRanks:
         replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(ask, timeout=self.query_timeout)}
         top = self.global_rank
         for node in unknown:
-            rank, why = top, "no answer"
             msg = replies.get(node)
-            if msg is not None and not msg.has_error():
-                values = [r.get(RANK_KEY) for r in msg.content.metric_records.values() if RANK_KEY in r]
-                said = values[0] if len(values) == 1 else None
-                if isinstance(said, int) and not isinstance(said, bool) and 1 <= said <= top:
-                    rank, why = said, ""
-                else:
-                    why = f"an invalid rank {said!r} (1..{top})"
-            if why:
-                log(WARNING, "FedTT: node %s gave %s; it gets the global rank %s", node, why, top)
+            if msg is None or msg.has_error():  # not recorded: it is left out of this round and asked again
+                log(WARNING, "FedTT: node %s did not say its rank; it sits this round out and is asked again", node)
+                continue
+            values = [r.get(RANK_KEY) for r in msg.content.metric_records.values() if RANK_KEY in r]
+            said = values[0] if len(values) == 1 else None
+            rank = said if isinstance(said, int) and not isinstance(said, bool) and 1 <= said <= top else top
+            if rank != said:
+                log(WARNING, "FedTT: node %s gave an invalid rank %r (1..%s); it gets the global rank", node, said, top)
             self.node_rank[node] = rank
 
     def _begin(self, arrays: ArrayRecord, grid: Grid) -> None:
         self._track_versions(arrays)
         self._travelling = self.travelling(arrays)
-        self._tailored, self._sent = {}, {}
-        self.learn_ranks(grid, grid.get_node_ids())
+        self._tailored, self._sent, self._grid = {}, {}, grid
+
+    def _finalise(self, messages: Iterable[Message], server_round: int, send: list[str],
+                  frozen: list[str]) -> list[Message]:
+        """Ask the nodes the inner strategy sampled (after it waited for enough of them) for any rank not known
+        yet; a node that does not answer sits this round out."""
+        messages = list(messages)
+        if self.per_node:
+            self.learn_ranks(self._grid, [m.metadata.dst_node_id for m in messages])
+            messages = [m for m in messages if m.metadata.dst_node_id in self.node_rank]
+        return super()._finalise(messages, server_round, send, frozen)
+
+    def _mark_synced(self, replies: list[Message]) -> None:
+        super()._mark_synced(replies)
+        for msg in replies:  # a node that failed may have been reconfigured (another rank): ask it again
+            if msg.has_error():
+                self.node_rank.pop(msg.metadata.src_node_id, None)
 
     def _node_record(self, node: int, record: ArrayRecord) -> ArrayRecord:
+        if not self.per_node:
+            return record
         rank = self.node_rank.get(node, self.global_rank)
         if rank < self.global_rank and rank not in self._tailored:
             self._tailored[rank] = self.tailor(rank)

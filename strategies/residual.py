@@ -23,7 +23,6 @@ from typing import Literal
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from .fedtt import FedTT, Include
@@ -62,7 +61,8 @@ class FedLoRAResidual(NodeRanks, FedTT):
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
                  mode: Literal["fedex", "flora"] = "fedex", scaling: float = 2.0, seed: int = 0,
-                 sync: Literal["full", "delta"] = "full", node_ranks: bool = False) -> None:
+                 sync: Literal["full", "delta"] = "full", node_ranks: bool = False,
+                 query_timeout: float = 600.0) -> None:
         FedTT.__init__(self, inner, include=include, pack=pack)
         if mode not in ("fedex", "flora"):
             raise ValueError(f"mode must be 'fedex' or 'flora', got {mode!r}")
@@ -70,7 +70,7 @@ class FedLoRAResidual(NodeRanks, FedTT):
             raise ValueError("per-node LoRA ranks: FLoRA only (FedEx-LoRA averages A and B, which needs one shape)")
         self.mode, self.scaling, self.seed, self.sync = mode, float(scaling), seed, sync
         self.per_node = node_ranks
-        self._init_ranks(600.0)
+        self._init_ranks(query_timeout)
         self.flat_replies = not node_ranks
         self._replies: list[tuple[float, float, dict[str, np.ndarray]]] = []
 
@@ -87,12 +87,6 @@ class FedLoRAResidual(NodeRanks, FedTT):
             out[b_name] = as_numpy(self._global[b_name])[:, :rank]
         return out
 
-    def _begin(self, arrays: ArrayRecord, grid: Grid) -> None:
-        if self.per_node:
-            super()._begin(arrays, grid)
-
-    def _node_record(self, node: int, record: ArrayRecord) -> ArrayRecord:
-        return super()._node_record(node, record) if self.per_node else record
 
     def select(self, server_round: int, names: list[str]) -> tuple[list[str], str | None, str]:
         train = [n for n in names if not n.endswith(RESIDUAL)]

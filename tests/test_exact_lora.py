@@ -169,3 +169,15 @@ def test_a_flora_run_with_mixed_lora_ranks(tmp_path, tiny_model_dir, tiny_sst2_d
         out[name] = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert [(x["replies"], x["errors"], x["rejected"]) for x in out["mixed"][1:]] == [(3, 0, 0), (3, 0, 0)]
     assert out["mixed"][1]["bytes_up"] < out["same"][1]["bytes_up"]  # two of three nodes below rank 8
+
+
+def test_flora_starts_every_round_from_a_new_a():
+    rng = np.random.default_rng(2)
+    sent_back: dict = {}
+    strategy = FedLoRAResidual(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
+                               include=[A, B, RES, HEAD], mode="flora", scaling=S, seed=5)
+    grid = InProcessGrid(client(sent_back), 3)
+    strategy.start(grid=grid, initial_arrays=global_record(rng), num_rounds=3, train_config=ConfigRecord())
+    firsts = [receive_global(m.content)[A].numpy() for m in grid.sent
+              if m.metadata.message_type == "train" and m.metadata.dst_node_id == 101]
+    assert len(firsts) == 3 and not np.allclose(firsts[1], firsts[2]) and not np.allclose(firsts[0], firsts[1])

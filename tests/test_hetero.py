@@ -121,7 +121,7 @@ def test_a_reply_at_another_rank_than_sent_is_rejected(pack):
 
 
 def test_a_node_that_gives_no_valid_rank_gets_the_global_one():
-    strategy, grid, *_ = run(False, {101: 2, 102: R, 103: 3}, lie={101: 99, 103: True})
+    strategy, grid, *_ = run(False, {101: 2, 102: R, 103: 3}, lie={101: 99, 103: 0})
     assert strategy.node_rank == {101: R, 102: R, 103: R}
     assert strategy.rounds[1]["replies"] == 3
 
@@ -155,3 +155,25 @@ def test_a_federated_run_with_mixed_ranks(tmp_path, tiny_model_dir, tiny_sst2_di
     assert [(x["replies"], x["errors"], x["rejected"]) for x in out["mixed"][1:]] == [(3, 0, 0), (3, 0, 0)]
     assert out["mixed"][1]["bytes_up"] < out["same"][1]["bytes_up"]  # two of three nodes below rank 5
     assert 0 <= out["mixed"][-1]["fed_accuracy"] <= 1
+
+
+def test_a_node_that_answers_late_sits_out_and_is_asked_again():
+    """Node 101's first rank query fails (a slow start): it is left out of round 1, not given the global rank for
+    the run; asked again in round 2, it trains at its rank. Queries go to the nodes actually sampled."""
+    ranks, trained, failed, asked = {101: 2, 102: R, 103: 3}, {}, [], []
+    honest = client(ranks, trained)
+
+    def app(msg, context):
+        if msg.metadata.message_type == "query":
+            asked.append(context.node_id)
+            if context.node_id == 101 and not failed:
+                failed.append(1)
+                raise RuntimeError("not ready yet")
+        return honest(msg, context)
+
+    strategy = FedTTHetero(FedAvg(min_train_nodes=2, min_available_nodes=3, fraction_evaluate=0.0),
+                           include=[*CORES, "head.weight"])
+    strategy.start(grid=InProcessGrid(app, 3), initial_arrays=global_record(), num_rounds=2,
+                   train_config=ConfigRecord())
+    assert [(strategy.rounds[r]["replies"], strategy.rounds[r].get("errors", 0)) for r in (1, 2)] == [(2, 0), (3, 0)]
+    assert strategy.node_rank == ranks and asked.count(101) == 2
