@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -78,3 +79,32 @@ def run_cells(todo: list[tuple], key: Callable[..., str], out: Path, run_cell: C
             result = run_cell(*cell)
             path.write_text(json.dumps(result, indent=1))
             print(f"[{label}] {key(*cell)} done in {result['wall_s']:.0f}s: {summary(result)}", flush=True)
+
+
+def mb_to_level(result: dict, reference: dict | None, metric: str, margin: float = 0.01) -> str:
+    """Cumulative uplink MB at which ``result``'s curve first reaches ``reference``'s final ``metric`` minus
+    ``margin``; "-" without a reference value, "not reached" if it never does."""
+    if reference is None or reference["final"].get(metric) is None:
+        return "-"
+    level = reference["final"][metric] - margin
+    hit = next((p["mb_up"] for p in result["curve"] if p.get(metric, -1) >= level), None)
+    return f"{hit:.2f}" if hit is not None else "not reached"
+
+
+def cells_main(description: str, cells: Callable[[tuple[int, ...]], list[tuple]], key: Callable[..., str],
+               out: Path, run_cell: Callable[..., dict], report: Callable[[], None], label: str,
+               seeds: str) -> None:
+    """The command line of a resumable cell grid: ``--only KEYS``, ``--seeds``, ``--list``, ``--report``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--only", default="", help="cell keys, comma-separated")
+    ap.add_argument("--seeds", default=seeds)
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
+            if not args.only or key(*c) in args.only.split(",")]
+    if not args.report:
+        run_cells(todo, key, out, run_cell, label, args.list, lambda r: r["final"])
+    if not args.list:
+        report()

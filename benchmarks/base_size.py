@@ -17,13 +17,12 @@ config's defaults (lr 3e-3; FedTT's head on the mean token state, near-identity 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish, run_cells
+from benchmarks._common import RESULTS, cells_main, mb_to_level, publish
 
 OUT = RESULTS / "base_size"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -74,19 +73,7 @@ def run_cell(task: str, method: str, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="cell keys, comma-separated (e.g. sst2-fedtt-s0)")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--list", action="store_true")
-    ap.add_argument("--report", action="store_true")
-    args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
-            if not args.only or key(*c) in args.only.split(",")]
-    if not args.report:
-        run_cells(todo, key, OUT, run_cell, "base-size", args.list, lambda r: r["final"])
-    if not args.list:
-        report()
+    cells_main(__doc__.splitlines()[0], cells, key, OUT, run_cell, report, "base-size", "0,1")
 
 
 def report() -> None:
@@ -104,12 +91,7 @@ def report() -> None:
     for r in sorted(results, key=lambda r: (TASKS.index(r["task"]), r["seed"], METHODS.index(r["method"]))):
         main_metric = PRESETS[r["task"]].metrics[0]
         final = ", ".join(f"{m} {100 * v:.1f}" for m, v in r["final"].items() if v is not None and m != "mse")
-        to_level = ""
-        ref = lora.get((r["task"], r["seed"]))
-        if ref and ref["final"].get(main_metric) is not None:
-            level = ref["final"][main_metric] - 0.01
-            hit = next((p["mb_up"] for p in r["curve"] if p.get(main_metric, -1) >= level), None)
-            to_level = f"{hit:.2f}" if hit is not None else "not reached"
+        to_level = mb_to_level(r, lora.get((r["task"], r["seed"])), main_metric).replace("-", "")
         per_round = sum(r["bytes_up_per_round"]) / len(r["bytes_up_per_round"]) / 1e6
         rows.append(f"| {r['task']} | {r['method']} | {r['seed']} | {final} | {per_round:.3f} | "
                     f"{r['curve'][-1]['mb_up']:.2f} | {to_level} | {r['wall_s'] / 60:.0f} min |")

@@ -18,14 +18,13 @@ round both ways, MB to LoRA's final level minus one point) and the plot into doc
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish, run_cells
+from benchmarks._common import RESULTS, cells_main, mb_to_level, publish
 
 OUT = RESULTS / "baselines"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -104,15 +103,7 @@ def report() -> None:
             if not mine:
                 continue
             finals = [100 * r["final"][metric] for r in mine if r["final"].get(metric) is not None]
-            to_level = []
-            for r in mine:
-                ref = lora.get((task, r["seed"]))
-                if ref is None or ref["final"].get(metric) is None:
-                    to_level.append("-")
-                    continue
-                level = ref["final"][metric] - 0.01
-                hit = next((p["mb_up"] for p in r["curve"] if p.get(metric, -1) >= level), None)
-                to_level.append(f"{hit:.2f}" if hit is not None else "not reached")
+            to_level = [mb_to_level(r, lora.get((task, r["seed"])), metric) for r in mine]
             up = statistics.mean(sum(r["bytes_up_per_round"]) / len(r["bytes_up_per_round"]) for r in mine) / 1e6
             down = statistics.mean(sum(r["bytes_down_per_round"]) / len(r["bytes_down_per_round"]) for r in mine) / 1e6
             final = (f"{metric} {statistics.mean(finals):.1f} ({min(finals):.1f}-{max(finals):.1f})" if finals else "-")
@@ -152,19 +143,7 @@ def _plot(results: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="cell keys, comma-separated (e.g. sst2-flora-s0)")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--list", action="store_true")
-    ap.add_argument("--report", action="store_true")
-    args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells(tuple(int(s) for s in args.seeds.split(",")))
-            if not args.only or key(*c) in args.only.split(",")]
-    if not args.report:
-        run_cells(todo, key, OUT, run_cell, "baselines", args.list, lambda r: r["final"])
-    if not args.list:
-        report()
+    cells_main(__doc__.splitlines()[0], cells, key, OUT, run_cell, report, "baselines", "0,1,2")
 
 
 if __name__ == "__main__":
