@@ -51,7 +51,9 @@ def key(task: str, method: str, seed: int) -> str:
 def run_cell(task: str, method: str, seed: int) -> dict:
     from fedtt_flwr.data import default_data_dir
     from fedtt_flwr.inprocess import run_inprocess
+    from fedtt_flwr.models import install_mpnet
 
+    install_mpnet()  # what `flwr run`'s preflight does for this model (once, ~440 MB); in-process runs skip it
     name = key(task, method, seed)
     cfg = {**COMMON, "task": task, "method": method, "seed": seed, "max-length": MAX_LENGTH[task],
            "run-name": name, "output-dir": str(RUNS), "data-dir": str(default_data_dir())}

@@ -26,7 +26,8 @@ def _params(args: argparse.Namespace) -> int:
     cfg = TTAdapterConfig(rank=args.rank, bottleneck=args.bottleneck, bias=args.bias, train_layernorm=norms,
                           tensorized_classifier={"on": True, "off": False}.get(args.tensorized_classifier, "auto"))
     report = param_report(args.model, lora_rank=args.lora_rank, task_kind=args.task_kind,
-                          num_labels=args.num_labels, adapter_config=cfg, dense_layernorm=dense_norms)
+                          num_labels=args.num_labels, adapter_config=cfg, dense_layernorm=dense_norms,
+                          wire=args.wire_precision, block=args.wire_block)
     if args.memory:
         report["client_memory_gb"] = [client_memory(report, args.batch_size, args.seq_len, args.dtype, ckpt)
                                       for ckpt in (False, True)]
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=5, help="TT rank")
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--wire-precision", choices=("float32", "float16", "bfloat16", "int8"), default="float32",
+                   help="the packed records' precision (methods_packed), as the run config's wire-precision")
+    p.add_argument("--wire-block", type=int, default=128, help="int8: values per scale (wire-block)")
     p.add_argument("--bias", action="store_true", help="TT layers with biases (they train and travel)")
     p.add_argument("--tensorized-classifier", choices=("auto", "on", "off"), default="auto",
                    help="a RoBERTa-style classifier.dense as a TT layer (auto: where the head has one)")

@@ -221,7 +221,8 @@ def train(msg: Message, context: Context) -> Message:
     trained = ArrayRecord({n: Array(np.ascontiguousarray(state[n].numpy())) for n in names})
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(data),
                             "steps": cfg.local_steps, **extra})
-    return Message(reply_content(msg.content, trained, metrics), reply_to=msg)
+    feedback = context.state if cfg.wire_feedback else None
+    return Message(reply_content(msg.content, trained, metrics, state=feedback), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

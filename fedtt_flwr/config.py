@@ -148,6 +148,14 @@ class RunConfig(BaseModel):
                                             "rank (TT: the TT-SVD truncation; FLoRA: the first rows of the fresh A)")
     pack_arrays: bool = Field(True, description="send each message's tensors as one flat array (no per-tensor "
                                                  "header): same numbers, fewer bytes")
+    wire_precision: Literal["float32", "float16", "bfloat16", "int8"] = Field(
+        "float32", description="how packed tensors travel, both ways (strategies.precision): float32; float16 or "
+                               "bfloat16 (half the bytes); int8 with one float32 scale per wire-block values (about "
+                               "a quarter). The server keeps float32; lossy replies carry the node's update")
+    wire_block: int = Field(128, ge=1, le=1 << 20, description="int8 wire precision: values per scale")
+    wire_feedback: bool = Field(True, description="lossy wire precision: each node keeps what rounding dropped from "
+                                                  "its update (its Context state) and sends it with its next one "
+                                                  "(error feedback); false: dropped every round")
     lora_rank: int = Field(8, ge=1, description="lora, ffa-lora, rolora: LoRA rank on query/value")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on LoRA's input (FlowerTune LLM's setting: "
@@ -299,6 +307,12 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _lossy_wire_is_packed(self) -> RunConfig:
+        if self.wire_precision != "float32" and not self.pack_arrays:
+            raise ValueError(f"wire-precision {self.wire_precision} applies to packed messages: set pack-arrays = true")
+        return self
+
+    @model_validator(mode="after")
     def _exact_lora_with_averaging(self) -> RunConfig:
         if self.method in ("fedex-lora", "flora") and self.server_opt not in ("fedavg", "fedprox"):
             raise ValueError(f"method {self.method} makes the global model the clients' weighted mean; it needs "
@@ -369,7 +383,8 @@ class RunConfig(BaseModel):
 TRAINING_KEYS = frozenset({
     "data_dir", "task_name", "train_file", "dev_file", "data_format", "hub_dataset", "hub_config", "hub_train_split",
     "hub_dev_split", "text_columns", "label_column", "metrics", "partition_column", "bad_rows",
-    "schedule", "schedule_middle", "sync", "tt_average", "node_ranks", "pack_arrays", "num_server_rounds",
+    "schedule", "schedule_middle", "sync", "tt_average", "node_ranks", "pack_arrays", "wire_precision",
+    "wire_block", "wire_feedback", "num_server_rounds",
     "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "allow_node_errors", "max_examples",
     "round_timeout",
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",

@@ -18,14 +18,19 @@ from .methods.registry import ReportShapes, all_methods
 from .models import build_empty_model
 
 
-def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32", packed: bool = False) -> int:
+def serialized_bytes(shapes: dict[str, tuple[int, ...]], dtype: str = "float32", packed: bool = False,
+                     wire: str = "float32", block: int = 128) -> int:
     """What Flower's ``ArrayRecord.count_bytes()`` gives for arrays of these names and shapes (each array's
-    ``.npy`` bytes and its name); ``packed``: for the one flat array a packed reply carries (``pack-arrays``) and
-    its layout digest. Computed, not serialized: no Flower, no memory for the values."""
-    from strategies.wire import PACKED, digest_bytes, npy_size
+    ``.npy`` bytes and its name); ``packed``: for the one flat array a packed reply carries (``pack-arrays``; in
+    the ``wire`` precision, int8 with its scales) and its layout digest. Computed, not serialized: no Flower, no
+    memory for the values."""
+    from strategies.precision import WireFormat
+    from strategies.wire import digest_bytes, npy_size
 
     if packed:
-        return npy_size((sum(int(np.prod(s)) for s in shapes.values()),), dtype) + len(PACKED) + digest_bytes()
+        size = sum(int(np.prod(s)) for s in shapes.values())
+        arrays = WireFormat(wire, block).spec(size) if wire != "float32" else [("packed", (size,), dtype)]
+        return sum(npy_size(shape, str(dt)) + len(name) for name, shape, dt in arrays) + digest_bytes()
     return sum(npy_size(s, dtype) + len(k) for k, s in shapes.items())
 
 
@@ -46,11 +51,12 @@ def _numel(shapes: dict[str, tuple[int, ...]]) -> int:
 
 def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTAdapterConfig,
                  tt_state: dict, lora: dict, head: dict, rounds: int = 12, packed: bool = False,
-                 dense_layernorm: bool | str | None = None) -> dict:
+                 dense_layernorm: bool | str | None = None, wire: str = "float32", block: int = 128) -> dict:
     """Per registered method: trainable values and uplink bytes per round for one client (mean over ``rounds``
     rounds where the method changes what it sends: FedTT+'s cyclic schedule, RoLoRA's A/B turns). ``head``: the
     model's own (dense) head, which the LoRA methods train and send. ``dense_layernorm``: the dense adapter's
-    norms when they differ from the TT adapters' (a run's ``train-layernorm = auto`` gives baselines none)."""
+    norms when they differ from the TT adapters' (a run's ``train-layernorm = auto`` gives baselines none).
+    ``wire``/``block``: the packed records' precision (``wire-precision``, ``wire-block``)."""
     dense_cfg = {"dense": True} if dense_layernorm is None else {"dense": True, "train_layernorm": dense_layernorm}
     dense_model = add_tt_adapters(build_empty_model(model_name, task_kind, num_labels),
                                   cfg.model_copy(update=dense_cfg))
@@ -65,9 +71,9 @@ def method_bytes(model_name: str, task_kind: TaskKind, num_labels: int, cfg: TTA
             every = {**shapes.tt, **shapes.dense, **shapes.lora_a, **shapes.lora_b, **shapes.head}
             trained = {**trained, **{n: s for n, s in every.items() if method.is_local(n)}}
         if method.rounds == "all":
-            up = serialized_bytes(sent[0], packed=packed)
+            up = serialized_bytes(sent[0], packed=packed, wire=wire, block=block)
         else:
-            up = round(float(np.mean([serialized_bytes(s, packed=packed) for s in sent])))
+            up = round(float(np.mean([serialized_bytes(s, packed=packed, wire=wire, block=block) for s in sent])))
         out[method.name] = {"trainable_params": _numel(trained), "bytes_up_per_round": up}
     return out
 
@@ -80,8 +86,11 @@ def param_report(
     num_labels: int = 2,
     adapter_config: TTAdapterConfig | None = None,
     dense_layernorm: bool | str | None = None,
+    wire: str = "float32",
+    block: int = 128,
 ) -> dict:
-    """Trainable parameters and bytes per round (one client, one direction) of TT adapters and LoRA."""
+    """Trainable parameters and bytes per round (one client, one direction) of TT adapters and LoRA; ``wire``,
+    ``block``: the precision of packed records (``methods_packed``)."""
     cfg = adapter_config or TTAdapterConfig(rank=rank)
     model = build_empty_model(model_name, task_kind, num_labels)
     targets = lora_targets(model)
@@ -103,7 +112,8 @@ def param_report(
         "methods": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head,
                                 dense_layernorm=dense_layernorm),
         "methods_packed": method_bytes(model_name, task_kind, num_labels, cfg, tt_state, lora, lora_head,
-                                       packed=True, dense_layernorm=dense_layernorm),
+                                       packed=True, dense_layernorm=dense_layernorm, wire=wire, block=block),
+        "wire_precision": wire if wire != "int8" else f"int8 (block {block})",
         "model": model_name,
         "model_type": cfg_model.model_type,
         "hidden_size": cfg_model.hidden_size,

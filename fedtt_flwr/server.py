@@ -37,6 +37,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from strategies import FastFedAvg, FedAlternating, FedTT, FedTTPlus, make_schedule
 from strategies.hetero import FedTTHetero
+from strategies.precision import WireFormat
 from strategies.residual import FedLoRAResidual
 
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
@@ -92,6 +93,7 @@ def build_strategy(cfg: RunConfig, travelling: list[str], resolved: Resolved | N
         strategy = FedTTHetero(inner, include=travelling, pack=cfg.pack_arrays, query_timeout=cfg.round_timeout)
     else:
         strategy = FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
+    strategy.wire = WireFormat(cfg.wire_precision, cfg.wire_block)
     strategy.min_replies = cfg.min_replies
     strategy.max_examples = cfg.max_examples
     return strategy

@@ -15,8 +15,10 @@ _EXPORTS = {
     "hetero": ("FedTTHetero",),
     "residual": ("FedLoRAResidual",),
     "packing": ("as_numpy", "pack", "unpack"),
+    "precision": ("WireFormat",),
     "wire": ("layout_digest",),
-    "protocol": ("CACHE_KEY", "named_arrays", "receive_global", "reply_arrays", "reply_content", "round_trainable"),
+    "protocol": ("CACHE_KEY", "named_arrays", "receive_global", "reply_arrays", "reply_content", "round_trainable",
+                 "wire_format"),
     "schedules": ("AllSchedule", "CyclicSchedule", "FixedSchedule", "RandomSchedule", "Schedule", "decode_plan",
                   "encode_plan", "make_schedule", "trainable_names"),
 }

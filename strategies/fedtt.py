@@ -34,7 +34,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedTrimmedAvg, Strategy
 
 from .fedavg import FastFedAvg
-from .packing import as_numpy, pack, unpack
+from .packing import as_numpy, pack, read_packed, unpack
+from .precision import FLOAT32, PRECISION_KEY, WireFormat
 from .schedules import (
     AllSchedule,
     Schedule,
@@ -152,6 +153,10 @@ class FedTT(Strategy):
     max_abs : float
         The bound on a reply's values (adapter tensors are O(1)); larger values are a rejection, as they would
         overflow a server optimizer's state.
+    wire : WireFormat
+        How packed values travel (:mod:`strategies.precision`; needs ``pack``): float32 (default), or float16,
+        bfloat16, int8 with per-block scales. The global state stays float32; lossy replies carry the node's
+        update, which is added to the values the node was sent.
 
     Every reply is checked against what the round sent before ``inner`` sees it (:mod:`strategies.validation`):
     one reply per node, exactly the round's tensors with the global shapes and dtypes (metadata, ``.npy``
@@ -164,7 +169,7 @@ class FedTT(Strategy):
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
                  min_replies: int = 1, average: Literal["cores", "matrices"] = "cores",
-                 max_examples: float = MAX_EXAMPLES, max_abs: float = MAX_ABS) -> None:
+                 max_examples: float = MAX_EXAMPLES, max_abs: float = MAX_ABS, wire: WireFormat = FLOAT32) -> None:
         if average not in ("cores", "matrices"):
             raise ValueError(f"average must be 'cores' or 'matrices', got {average!r}")
         if not max_examples >= 1:
@@ -176,6 +181,8 @@ class FedTT(Strategy):
         self.min_replies = min_replies
         self.max_examples = max_examples
         self.max_abs = max_abs
+        self.wire = wire
+        self._bases: dict[tuple, np.ndarray] = {}
         self._train_gate, self._evaluate_gate = ReplyGate(), ReplyGate()
         self._server_round = 0
         self.schedule: Schedule = AllSchedule()
@@ -271,7 +278,9 @@ class FedTT(Strategy):
             if self.inner_config_key in content else ConfigRecord()
         for key in (self.arrays_key, SYNC_KEY):
             if key in content:
-                content[key], config[LAYOUT_PREFIX + key] = pack(content[key])
+                content[key], config[LAYOUT_PREFIX + key] = pack(content[key], self.wire)
+        if self.wire.lossy:
+            config[PRECISION_KEY] = self.wire.tag
         content[self.inner_config_key] = config  # per message: a node's sync layout is its own
 
     @property
@@ -285,12 +294,46 @@ class FedTT(Strategy):
     def _reply_spec(self) -> list[Expected]:
         """The tensors a train reply must hold: the round's trained tensors, or their one packed array."""
         expected = expected_of(self._global, self._expected)
-        if not self.pack:
-            return expected
+        return self._packed_spec(expected) if self.pack else expected
+
+    def _packed_spec(self, expected: list[Expected]) -> list[Expected]:
+        """The arrays a packed reply of ``expected`` travels as: one flat array (int8: and its scales)."""
         dtypes = {e.dtype for e in expected}
         if len(dtypes) != 1:
             raise ValueError(f"pack: the trained tensors must share one dtype, got {sorted(map(str, dtypes))}")
-        return [Expected(PACKED, (sum(int(np.prod(e.shape)) for e in expected),), dtypes.pop())]
+        dtype = dtypes.pop()
+        size = sum(int(np.prod(e.shape)) for e in expected)
+        if not self.wire.lossy:
+            return [Expected(PACKED, (size,), dtype)]
+        return [Expected(n, shape, dt) for n, shape, dt in self.wire.spec(size)]
+
+    def _sent_value(self, node: int, name: str) -> np.ndarray:
+        """The values of ``name`` that ``node`` was sent this round (a subclass may tailor them per node)."""
+        return as_numpy(self._global[name])
+
+    def _sent_group(self, node: int) -> object:
+        """Nodes of one group were sent the same values (:meth:`_reply_base` computes them once per group)."""
+        return None
+
+    def _reply_base(self, node: int, names: list[str]) -> np.ndarray:
+        """The flat values of ``names`` that ``node`` was sent: a lossy reply is an update to them."""
+        key = (self._sent_group(node), tuple(names))
+        if key not in self._bases:
+            self._bases[key] = np.concatenate([self._sent_value(node, n).ravel() for n in names])
+        return self._bases[key]
+
+    def _rebuild(self, msg: Message, layout: list[tuple[str, tuple[int, ...]]]) -> None:
+        """A lossy reply's packed update (checked against :meth:`_packed_spec`) as the trained values: what
+        the node was sent plus the decoded update, bounded as any reply's values are."""
+        update = read_packed(msg.content[self.arrays_key], self.wire)
+        base = self._reply_base(msg.metadata.src_node_id, [n for n, _ in layout])
+        values = (base + update).astype(base.dtype)
+        if not np.isfinite(values).all():
+            raise BadReply("its update decodes to NaN or Inf")
+        if values.size and np.abs(values).max() > self.max_abs:
+            raise BadReply(f"values up to {np.abs(values).max():.3g} after its update, above the bound "
+                           f"{self.max_abs:g}")
+        msg.content[self.arrays_key] = ArrayRecord({PACKED: Array(np.ascontiguousarray(values))})
 
     @property
     def weight_key(self) -> str:
@@ -310,11 +353,12 @@ class FedTT(Strategy):
             if sent != digest:
                 raise BadReply("packed reply for other tensors, another order or another round (its layout digest "
                                "does not match this round's)")
-        content = clean_train_reply(msg.content, self.arrays_key, spec, self.weight_key, self.max_examples,
-                                    self.max_abs)
+        msg.content = clean_train_reply(msg.content, self.arrays_key, spec, self.weight_key, self.max_examples,
+                                        self.max_abs)
+        if self.pack and self.wire.lossy:
+            self._rebuild(msg, layout)
         if self.pack and not flat:
-            content[self.arrays_key] = unpack(content[self.arrays_key], layout)
-        msg.content = content
+            msg.content[self.arrays_key] = unpack(msg.content[self.arrays_key], layout)
 
     def _reject(self, stats: dict, msg: Message, server_round: int, reason: str, key: str = "rejected") -> None:
         stats[key] = stats.get(key, 0) + 1
@@ -357,6 +401,9 @@ class FedTT(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._track_versions(arrays)
+        if self.wire.lossy and not self.pack:
+            raise ValueError(f"wire precision {self.wire.precision} needs packed messages (pack=True)")
+        self._bases = {}
         names = self.travelling(arrays)
         train, plan, label = self.select(server_round, names)
         frozen = [n for n in names if n not in set(train)]

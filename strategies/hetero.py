@@ -34,7 +34,7 @@ from .packing import as_numpy
 from .schedules import cores_per_layer
 from .ttsvd import tt_full, tt_svd
 from .validation import Expected, expected_of
-from .wire import PACKED, format_layout, layout_digest
+from .wire import format_layout, layout_digest
 
 RANK_KEY = "adapter-rank"
 
@@ -129,6 +129,15 @@ class NodeRanks:
         self._sent.setdefault(node, {}).update({n: tuple(int(x) for x in a.shape) for n, a in out.items()})
         return out
 
+    def _sent_group(self, node: int) -> object:
+        return self.node_rank.get(node, self.global_rank) if self.per_node else None
+
+    def _sent_value(self, node: int, name: str) -> np.ndarray:
+        rank = self._sent_group(node)
+        if rank is not None and rank < self.global_rank and name in self._tailored.get(rank, {}):
+            return self._tailored[rank][name]
+        return super()._sent_value(node, name)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._begin(arrays, grid)
@@ -150,7 +159,7 @@ class NodeRanks:
                      for e in expected_of(self._global, self._expected)]
         node_layout = [(e.name, e.shape) for e in node_spec]
         if self.pack:
-            node_spec = [Expected(PACKED, (sum(int(np.prod(e.shape)) for e in node_spec),), node_spec[0].dtype)]
+            node_spec = self._packed_spec(node_spec)
         node_digest = layout_digest(format_layout(node_layout), self._server_round) if self.pack else None
         super()._clean_train(msg, node_spec, False, node_layout, node_digest)
         record = msg.content[self.arrays_key]

@@ -6,7 +6,9 @@ many small cores (MiniLM: 122 tensors, 16,370 values), so a quarter of its messa
 string (``name:shape;...``) that travels in the message's ConfigRecord; ``unpack`` rebuilds the
 record. Replies come back packed in the order they were sent, so the uplink carries no layout, only a
 16-digit digest of it and the round (``layout_digest``) that lets the server reject a reply in another order.
-Aggregation is unchanged: strategies see the unpacked, named tensors. Pure numpy/Flower.
+Aggregation is unchanged: strategies see the unpacked, named tensors. A lossy :class:`~strategies.precision.
+WireFormat` (float16, bfloat16, int8) encodes the flat array on the way out and decodes it on the way in.
+Pure numpy/Flower.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from .precision import FLOAT32, WireFormat
 from .wire import PACKED, format_layout, npy_header, parse_layout
 
 
@@ -33,25 +36,52 @@ def as_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
-def pack(record: ArrayRecord) -> tuple[ArrayRecord, str]:
-    """``(record holding one flat array, layout)``; every tensor must share one dtype."""
+def flatten(record: ArrayRecord) -> tuple[np.ndarray, str]:
+    """``(the record's values in one flat array, layout)``; every tensor must share one dtype."""
     arrays = {n: as_numpy(record[n]) for n in record}
     dtypes = {str(a.dtype) for a in arrays.values()}
     if len(dtypes) > 1:
         raise ValueError(f"pack: tensors of one record must share a dtype, got {sorted(dtypes)}")
     layout = format_layout([(n, a.shape) for n, a in arrays.items()])
     flat = np.concatenate([a.ravel() for a in arrays.values()]) if arrays else np.zeros(0, dtype=np.float32)
-    return ArrayRecord({PACKED: Array(np.ascontiguousarray(flat))}), layout
+    return np.ascontiguousarray(flat), layout
 
 
-def unpack(record: ArrayRecord, layout: str | list[tuple[str, tuple[int, ...]]]) -> ArrayRecord:
-    """The named record back from a packed one; a size that does not match the layout is an error."""
-    if list(record.keys()) != [PACKED]:
-        raise ValueError(f"expected one array named {PACKED!r}, got {list(record.keys())[:3]}")
+def encoded(flat: np.ndarray, wire: WireFormat = FLOAT32) -> ArrayRecord:
+    """The record that carries ``flat`` in ``wire``'s format (float32: the array itself, whatever its dtype)."""
+    if not wire.lossy:
+        return ArrayRecord({PACKED: Array(np.ascontiguousarray(flat))})
+    return ArrayRecord({n: Array(a) for n, a in wire.encode(flat).items()})
+
+
+def pack(record: ArrayRecord, wire: WireFormat = FLOAT32) -> tuple[ArrayRecord, str]:
+    """``(record holding one flat array (int8: and its scales), layout)``; every tensor must share one dtype."""
+    flat, layout = flatten(record)
+    return encoded(flat, wire), layout
+
+
+def read_packed(record: ArrayRecord, wire: WireFormat = FLOAT32) -> np.ndarray:
+    """The flat values of a packed record (decoded from ``wire``'s format)."""
+    names = [n for n, _, _ in wire.spec(0)]
+    if list(record.keys()) != names:
+        want = f"one array named {PACKED!r}" if len(names) == 1 else f"the arrays {names}"
+        raise ValueError(f"expected {want} (a packed {wire.tag} record), got {list(record.keys())[:3]}")
+    if not wire.lossy:
+        return as_numpy(record[PACKED])
+    return wire.decode({n: as_numpy(record[n]) for n in names})
+
+
+def split(flat: np.ndarray, layout: str | list[tuple[str, tuple[int, ...]]]) -> ArrayRecord:
+    """The named record of ``flat`` by ``layout``; a size that does not match the layout is an error."""
     entries = parse_layout(layout) if isinstance(layout, str) else layout
-    flat = as_numpy(record[PACKED])
     sizes = [int(np.prod(s)) for _, s in entries]
     if flat.ndim != 1 or flat.size != sum(sizes):
         raise ValueError(f"packed array has {flat.size} values, the layout needs {sum(sizes)}")
     parts = np.split(flat, np.cumsum(sizes)[:-1]) if entries else []
     return ArrayRecord({n: Array(np.ascontiguousarray(p.reshape(s))) for (n, s), p in zip(entries, parts, strict=True)})
+
+
+def unpack(record: ArrayRecord, layout: str | list[tuple[str, tuple[int, ...]]],
+           wire: WireFormat = FLOAT32) -> ArrayRecord:
+    """The named record back from a packed one; a size that does not match the layout is an error."""
+    return split(read_packed(record, wire), layout)

@@ -7,14 +7,18 @@ then adds the digest of the packed layout the server checks).
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .fedtt import PLAN_KEY, REPLY_KEY, SYNC_KEY
-from .packing import pack, unpack
+from .packing import encoded, flatten, read_packed, split, unpack
+from .precision import FLOAT32, PRECISION_KEY, WireFormat
 from .schedules import decode_plan, trainable_names
 from .wire import LAYOUT_PREFIX, layout_digest, parse_layout
 
 CACHE_KEY = "fedtt-global"
+#: Context.state: a lossy wire format's error-feedback residual, tensor by tensor
+RESIDUAL_KEY = "fedtt-wire-residual"
 
 
 def receive_global(content: RecordDict, state: RecordDict | None = None, arrays_key: str = "arrays") -> ArrayRecord:
@@ -58,27 +62,69 @@ def _layout(content: RecordDict, key: str, config_key: str) -> str | None:
     return str(config[LAYOUT_PREFIX + key])
 
 
+def wire_format(content: RecordDict, config_key: str = "config") -> WireFormat:
+    """The precision the server announced for this message's packed records (float32 when it announced none)."""
+    config = content.config_records.get(config_key)
+    tag = config.get(PRECISION_KEY) if config is not None else None
+    return FLOAT32 if tag is None else WireFormat.parse(str(tag))
+
+
 def named_arrays(content: RecordDict, key: str = "arrays", config_key: str = "config") -> ArrayRecord:
-    """A record of the message by tensor name, unpacked when the server packed it."""
+    """A record of the message by tensor name, unpacked (and decoded to float32) when the server packed it."""
     layout = _layout(content, key, config_key)
-    return content[key] if layout is None else unpack(content[key], layout)
+    return content[key] if layout is None else unpack(content[key], layout, wire_format(content, config_key))
+
+
+def _packed_reply(content: RecordDict, trained: ArrayRecord, arrays_key: str, config_key: str,
+                  state: RecordDict | None) -> tuple[ArrayRecord, str]:
+    """``(packed record, layout)`` of a reply. In a lossy format the record carries the update (``trained`` minus
+    what was received, decoded), plus the error-feedback residual kept in ``state`` (a Context.state) when given:
+    what rounding dropped from this node's earlier updates is sent with its next one, tensor by tensor."""
+    wire = wire_format(content, config_key)
+    flat, layout = flatten(trained)
+    if not wire.lossy:
+        return encoded(flat), layout
+    if layout != _layout(content, arrays_key, config_key):
+        raise ValueError("the reply's tensors are not those received, in the order received")
+    entries = parse_layout(layout)
+    update = flat.astype(np.float32) - read_packed(content[arrays_key], wire)
+    if state is not None and entries:
+        kept = state.array_records.get(RESIDUAL_KEY) or ArrayRecord()
+        update += np.concatenate([_residual(kept, name, shape).ravel() for name, shape in entries])
+    record = encoded(update, wire)
+    if state is not None and entries:
+        left = update - wire.decode({n: np.asarray(a.numpy()) for n, a in record.items()})
+        kept.update(split(left, entries).items())
+        state[RESIDUAL_KEY] = kept
+    return record, layout
+
+
+def _residual(kept: ArrayRecord, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The residual kept for ``name``; zeros where there is none or it has another shape (the node's rank changed)."""
+    if name in kept and tuple(kept[name].shape) == tuple(shape):
+        return kept[name].numpy().astype(np.float32)
+    return np.zeros(shape, dtype=np.float32)
 
 
 def reply_arrays(content: RecordDict, trained: ArrayRecord, arrays_key: str = "arrays",
                  config_key: str = "config") -> ArrayRecord:
-    """The tensors to send back: ``trained`` (in the order received), packed when the server packed. A packed
-    reply also needs its layout digest: use :func:`reply_content`, which adds it."""
-    return trained if _layout(content, arrays_key, config_key) is None else pack(trained)[0]
+    """The tensors to send back: ``trained`` (in the order received), packed when the server packed (without an
+    error-feedback residual). A packed reply also needs its layout digest: use :func:`reply_content`, which adds
+    it."""
+    if _layout(content, arrays_key, config_key) is None:
+        return trained
+    return _packed_reply(content, trained, arrays_key, config_key, None)[0]
 
 
 def reply_content(content: RecordDict, trained: ArrayRecord, metrics: MetricRecord, arrays_key: str = "arrays",
-                  config_key: str = "config") -> RecordDict:
+                  config_key: str = "config", state: RecordDict | None = None) -> RecordDict:
     """The whole train reply: ``trained`` (packed when the server packed), ``metrics`` (with ``num-examples``)
     and, when packed, the digest of what was packed in which order for which round, so a server can tell a
-    reply in another order or from another round from a good one."""
+    reply in another order or from another round from a good one. ``state`` (the node's Context.state): where a
+    lossy wire format keeps its error-feedback residual; without it, what rounding drops is lost each round."""
     if _layout(content, arrays_key, config_key) is None:
         return RecordDict({arrays_key: trained, "metrics": metrics})
-    packed, layout = pack(trained)
+    packed, layout = _packed_reply(content, trained, arrays_key, config_key, state)
     server_round = int(content[config_key].get("server-round", 0))
     digest = ConfigRecord({LAYOUT_PREFIX + arrays_key: layout_digest(layout, server_round)})
     return RecordDict({arrays_key: packed, "metrics": metrics, REPLY_KEY: digest})

@@ -86,8 +86,9 @@ def decode(array: Array, want: Expected, max_abs: float = MAX_ABS) -> Array:
     if values.dtype.kind in "fc":
         if not np.isfinite(values).all():
             raise BadReply(f"{want.name}: contains NaN or Inf")
-        if values.size and np.abs(values).max() > max_abs:
-            raise BadReply(f"{want.name}: values up to {np.abs(values).max():.3g}, above the bound {max_abs:g}")
+        top = float(np.abs(values).max()) if values.size else 0.0
+        if top > max_abs:
+            raise BadReply(f"{want.name}: values up to {top:.3g}, above the bound {max_abs:g}")
     header = canonical_header(want.shape, want.dtype.str)
     if array.data[:offset] == header:
         return array
