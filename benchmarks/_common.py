@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -79,6 +80,27 @@ def run_cells(todo: list[tuple], key: Callable[..., str], out: Path, run_cell: C
             result = run_cell(*cell)
             path.write_text(json.dumps(result, indent=1))
             print(f"[{label}] {key(*cell)} done in {result['wall_s']:.0f}s: {summary(result)}", flush=True)
+
+
+def app_cell(cfg: dict, clients: int, runs: Path, metrics: tuple[str, ...], command: str) -> dict:
+    """One federated run of this project's ServerApp and ClientApps in-process (fedtt_flwr.inprocess) with run config
+    ``cfg`` (its ``run-name`` a folder of ``runs``, started over if an interrupted run left one), and what a grid
+    keeps of it: bytes per round both ways, the dev-metric curve against cumulative uplink MB, the final metrics."""
+    from fedtt_flwr.inprocess import run_inprocess
+
+    folder = runs / cfg["run-name"]
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    run_inprocess({**cfg, "output-dir": str(runs)}, clients)
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {"run_config": cfg, "clients": clients,
+            "trainable_params": json.loads((folder / "config.json").read_text())["travelling_params"],
+            "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
+            "bytes_down_per_round": [x["bytes_down"] for x in lines[1:]],
+            "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
+                      for x in lines],
+            "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
+            "command": command}
 
 
 def mb_to_level(result: dict, reference: dict | None, metric: str, margin: float = 0.01) -> str:

@@ -7,7 +7,14 @@ with Flower's FedAvg inside (unpacked replies), with FastFedAvg (unpacked, and p
 reply, averaged as it is), and FedTT+ (one round's trainable cores) with FastFedAvg, packed. Writes
 results/aggregate.json and the table of docs/performance.md.
 
+``--model llama-2-7b``: the TT state of LLaMA-2-7B's shape (built on the meta device, random values; the app's
+decoder adapters at rank 5: about 1 MB a reply), the default path only (FedTT, FastFedAvg, packed), next to this
+machine's memory bandwidth measured in the same run (numpy reading and copying a 2 GB array): the aggregation reads
+every reply once to check it and once to average it, so the bound is about twice the replies' bytes at the read
+bandwidth. Writes results/aggregate-llama-2-7b.json and docs/performance.md's ``aggregate-7b`` block.
+
     .venv/bin/python -m benchmarks.aggregate [--clients 10,100,1000] [--reps 5]
+    .venv/bin/python -m benchmarks.aggregate --model llama-2-7b --clients 1000 --reps 3
 """
 
 from __future__ import annotations
@@ -34,6 +41,66 @@ DOC = RESULTS.parents[1] / "docs" / "performance.md"
 def minilm_state() -> dict[str, np.ndarray]:
     model, _ = build_model(RunConfig.from_flower({"model": "minilm", "task": "sst2", "method": "fedtt"}))
     return {n: t.numpy() for n, t in get_adapter_state(model).items()}
+
+
+def meta_state(model: str) -> dict[str, np.ndarray]:
+    """The adapter state the app gives ``model`` (decoders: causal-LM TT adapters), as random float32 arrays of its
+    shapes: the architecture is built on the meta device, so a 7B model costs no memory."""
+    from fedtt_flwr.adapters import add_tt_adapters
+    from fedtt_flwr.methods.build import resolve
+    from fedtt_flwr.models import build_empty_model
+
+    cfg = RunConfig.from_flower({"model": model, "method": "fedtt"})
+    net = add_tt_adapters(build_empty_model(model, "causal-lm"), resolve(cfg).adapter_config(cfg))
+    params = dict(net.named_parameters())
+    rng = np.random.default_rng(0)
+    return {n: rng.standard_normal(tuple(params[n].shape)).astype(np.float32) * 0.1 for n in net.fedtt_state_names}
+
+
+def bandwidth(gigabytes: float = 2.0, reps: int = 5) -> dict[str, float]:
+    """This machine's memory bandwidth as numpy sees it (GB/s, medians): reading (a sum) and copying a large array."""
+    a = np.ones(int(gigabytes * 1e9 / 4), dtype=np.float32)
+    b = np.empty_like(a)
+    reads, copies = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        reads.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        copies.append(time.perf_counter() - t0)
+    return {"read_gb_s": a.nbytes / 1e9 / statistics.median(reads),
+            "copy_gb_s": 2 * a.nbytes / 1e9 / statistics.median(copies)}
+
+
+def large(model: str, n: int, reps: int) -> None:
+    """1,000 (``n``) replies of a large model's TT state through FedTT's default path, against the bandwidth."""
+    state = meta_state(model)
+    times, reply_bytes = [], 0
+    for rep in range(reps):
+        strategy = make("fast packed", n)
+        replies = replies_for(strategy, state, n, seed=rep)
+        reply_bytes = sum(r.content["arrays"].count_bytes() for r in replies)
+        t0 = time.perf_counter()
+        agg, _ = strategy.aggregate_train(1, replies)
+        times.append(time.perf_counter() - t0)
+        assert agg is not None and strategy.rounds[1]["replies"] == n
+        del replies, strategy
+        print(f"{model}: N={n} rep {rep}: {times[-1]:.3f} s", flush=True)
+    bw = bandwidth()
+    median = statistics.median(times)
+    result = {"model": model, "clients": n, "tensors": len(state), "values": int(sum(v.size for v in state.values())),
+              "reply_mb": reply_bytes / n / 1e6, "replies_gb": reply_bytes / 1e9, "median_s": median,
+              "samples_s": [round(t, 3) for t in times], "achieved_gb_s": reply_bytes / 1e9 / median, **bw,
+              "machine": machine(),
+              "command": f".venv/bin/python -m benchmarks.aggregate --model {model} --clients {n} --reps {reps}"}
+    write_result(f"aggregate-{model}", result)
+    table = ("| model | replies | MB / reply | replies GB | aggregate_train (median) | replies GB / s "
+             "| numpy read GB/s "
+             "| numpy copy GB/s |\n|---|---|---|---|---|---|---|---|\n"
+             f"| {model} | {n} | {result['reply_mb']:.2f} | {result['replies_gb']:.2f} | {median:.2f} s "
+             f"| {result['achieved_gb_s']:.2f} | {bw['read_gb_s']:.1f} | {bw['copy_gb_s']:.1f} |")
+    publish(DOC, {"aggregate-7b": table})
 
 
 def replies_for(strategy: FedTT, state: dict[str, np.ndarray], n: int, seed: int) -> list[Message]:
@@ -77,8 +144,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="10,100,1000")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--model", default="minilm", help="minilm (the variants) or a large decoder (meta_state)")
     args = ap.parse_args()
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # Messages outside a Flower runtime
+    if args.model != "minilm":
+        return large(args.model, int(args.clients), args.reps)
     state = minilm_state()
     rows = []
     for n in (int(x) for x in args.clients.split(",")):

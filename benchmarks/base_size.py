@@ -18,11 +18,9 @@ config's defaults (lr 3e-3; FedTT's head on the mean token state, near-identity 
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, cells_main, mb_to_level, publish
+from benchmarks._common import RESULTS, app_cell, cells_main, mb_to_level, publish
 
 OUT = RESULTS / "base_size"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -50,28 +48,16 @@ def key(task: str, method: str, seed: int) -> str:
 
 def run_cell(task: str, method: str, seed: int) -> dict:
     from fedtt_flwr.data import default_data_dir
-    from fedtt_flwr.inprocess import run_inprocess
     from fedtt_flwr.models import install_mpnet
+    from fedtt_flwr.tasks import PRESETS
 
     install_mpnet()  # what `flwr run`'s preflight does for this model (once, ~440 MB); in-process runs skip it
     name = key(task, method, seed)
     cfg = {**COMMON, "task": task, "method": method, "seed": seed, "max-length": MAX_LENGTH[task],
-           "run-name": name, "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
-    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted cell starts over
-    t0 = time.perf_counter()
-    run_inprocess(cfg, CLIENTS)
-    folder = RUNS / name
-    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    from fedtt_flwr.tasks import PRESETS
-
-    metrics = PRESETS[task].metrics
-    return {"task": task, "method": method, "seed": seed, "run_config": cfg, "clients": CLIENTS,
-            "trainable_params": json.loads((folder / "config.json").read_text())["travelling_params"],
-            "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
-            "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
-                      for x in lines],
-            "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
-            "command": f".venv/bin/python -m benchmarks.base_size --only {name}"}
+           "run-name": name, "data-dir": str(default_data_dir())}
+    return {"task": task, "method": method, "seed": seed,
+            **app_cell(cfg, CLIENTS, RUNS, PRESETS[task].metrics,
+                       f".venv/bin/python -m benchmarks.base_size --only {name}")}
 
 
 def main() -> None:

@@ -19,12 +19,10 @@ round both ways, MB to LoRA's final level minus one point) and the plot into doc
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, cells_main, mb_to_level, publish
+from benchmarks._common import RESULTS, app_cell, cells_main, mb_to_level, publish
 
 OUT = RESULTS / "baselines"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -62,25 +60,15 @@ def key(task: str, method: str, seed: int) -> str:
 
 def run_cell(task: str, method: str, seed: int) -> dict:
     from fedtt_flwr.data import default_data_dir
-    from fedtt_flwr.inprocess import run_inprocess
     from fedtt_flwr.tasks import PRESETS
 
     name = key(task, method, seed)
     variant = HETERO.get(method, {"method": method})
     cfg = {**COMMON, **variant, "task": task, "seed": seed, "max-length": MAX_LENGTH[task], "run-name": name,
-           "output-dir": str(RUNS), "data-dir": str(default_data_dir())}
-    shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted cell starts over
-    t0 = time.perf_counter()
-    run_inprocess(cfg, CLIENTS)
-    lines = [json.loads(x) for x in (RUNS / name / "metrics.jsonl").read_text().splitlines()]
-    metrics = PRESETS[task].metrics
-    return {"task": task, "method": method, "seed": seed, "run_config": cfg, "clients": CLIENTS,
-            "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
-            "bytes_down_per_round": [x["bytes_down"] for x in lines[1:]],
-            "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
-                      for x in lines],
-            "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
-            "command": f".venv/bin/python -m benchmarks.baselines --only {name}"}
+           "data-dir": str(default_data_dir())}
+    return {"task": task, "method": method, "seed": seed,
+            **app_cell(cfg, CLIENTS, RUNS, PRESETS[task].metrics,
+                       f".venv/bin/python -m benchmarks.baselines --only {name}")}
 
 
 def report() -> None:

@@ -203,7 +203,7 @@ def _simulate(args: argparse.Namespace) -> int:
     overrides = app_overrides(args.set, args.num_clients)
     started = time.time()
     code = simulate(num_supernodes=args.num_clients, run_config=overrides, cpus_per_client=args.cpus_per_client,
-                    gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home)
+                    gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home, ray_address=args.ray_address)
     _results_line(overrides, started)
     return code
 
@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-client", type=int, default=1)
     s.add_argument("--gpus-per-client", type=float, default=0.0, help="fractional GPUs per ClientApp, e.g. 0.25")
     s.add_argument("--flwr-home", help="FLWR_HOME to use (default: a temporary folder)")
+    s.add_argument("--ray-address", help="HOST:PORT of a running Ray cluster's head (`ray start --head`): the "
+                                         "simulated clients run on its nodes (docs/performance.md, 'Beyond one "
+                                         "machine'); default: a Ray of this machine, started for the run")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="run-config override (repeatable), e.g. --set method=fedtt+ --set num-server-rounds=20")
     s.set_defaults(func=_simulate)

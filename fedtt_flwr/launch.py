@@ -34,8 +34,11 @@ def simulate(
     app_dir: Path = APP_DIR,
     timeout: float = 6 * 3600,
     stream: bool = True,
+    ray_address: str | None = None,
 ) -> int:
-    """Run the app as a Ray simulation through ``flwr run``; return 0 iff the run completed."""
+    """Run the app as a Ray simulation through ``flwr run``; return 0 iff the run completed. ``ray_address``
+    (``HOST:PORT`` of a running Ray head, or ``auto``): the simulation's ClientApps run on that existing Ray cluster
+    (its head and worker nodes, started with ``ray start``) instead of a Ray started for this run alone."""
     home = Path(flwr_home) if flwr_home else Path(tempfile.mkdtemp(prefix="fedtt-flwr-home-"))
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -44,6 +47,9 @@ def simulate(
         f'[superlink]\ndefault = "{connection}"\n\n[superlink.{connection}]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     env = flwr_env(home)
+    if ray_address:  # ray.init() in the SuperLink's simulation process connects to it (Flower passes no address)
+        env["RAY_ADDRESS"] = ray_address
+        print(f"[fedtt] the simulation runs on the Ray cluster at {ray_address}", flush=True)
     log_file = home / "superlink.log"
     cmd = [flower_bin("flower-superlink"), "--insecure", "--simulation", "--port", str(port),
            "--control-api-address", f"127.0.0.1:{free_port()}", "--fleet-api-address", f"127.0.0.1:{free_port()}",

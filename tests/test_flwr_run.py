@@ -74,3 +74,57 @@ def test_clients_of_different_ranks_through_flwr_run(tmp_path, tiny_model_dir, t
     assert simulate(num_supernodes=3, run_config=config, flwr_home=str(home), stream=False, timeout=600) == 0
     lines = [json.loads(x) for x in (tmp_path / "runs" / "smoke" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["replies"], x["errors"], x["rejected"]) for x in lines[1:]] == [(3, 0, 0), (3, 0, 0)]
+
+
+def _ray_nodes(ray: str, address: str) -> int:
+    """Alive nodes of the Ray cluster at ``address`` (0 while it does not answer)."""
+    out = subprocess.run([ray, "status", f"--address={address}"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        return 0
+    active = out.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    return sum(1 for line in active.splitlines() if "node_" in line)
+
+
+def test_a_simulation_on_an_existing_ray_cluster(tmp_path, tiny_model_dir, tiny_sst2_dir):
+    """`simulate --ray-address`: a Ray head with no CPU and a worker node with 2 (both started here with `ray start
+    --block` and stopped by their process groups), so every ClientApp can only run on the worker node."""
+    import os
+    import shutil
+    import signal
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from fedtt_flwr.processes import free_port
+
+    ray = str(Path(sys.executable).parent / "ray")
+    address = f"127.0.0.1:{free_port()}"
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX's 107 bytes
+    common = ["--block", "--disable-usage-stats"]
+    starts = [[ray, "start", "--head", f"--port={address.split(':')[1]}", "--num-cpus=0", f"--temp-dir={temp}",
+               "--include-dashboard=false", f"--ray-client-server-port={free_port()}", *common],
+              [ray, "start", f"--address={address}", "--num-cpus=2", *common]]
+    procs = []
+    try:
+        for nodes, cmd in enumerate(starts, start=1):
+            log = open(tmp_path / f"ray-{nodes}.log", "w")  # noqa: SIM115 - lives as long as the process
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            deadline = time.time() + 120
+            while _ray_nodes(ray, address) < nodes:
+                assert time.time() < deadline and procs[-1].poll() is None, (tmp_path / f"ray-{nodes}.log").read_text()
+                time.sleep(1)
+        config = _config(tmp_path, tiny_model_dir, tiny_sst2_dir, method="fedtt")
+        code = simulate(num_supernodes=3, run_config=config, flwr_home=str(tmp_path / "flwr-home"), stream=False,
+                        timeout=600, ray_address=address)
+        assert code == 0
+        lines = [json.loads(x) for x in (tmp_path / "runs" / "smoke" / "metrics.jsonl").read_text().splitlines()]
+        assert [(x["replies"], x["errors"]) for x in lines[1:]] == [(3, 0), (3, 0)]
+        assert _ray_nodes(ray, address) == 2, "the cluster outlives the run: it is not the simulation's own"
+        logs = Path(temp) / "session_latest" / "logs"  # the cluster's own logs hold the run's ClientApp actors
+        assert any("ClientAppActor" in p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
