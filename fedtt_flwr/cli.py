@@ -195,6 +195,31 @@ def _results_line(overrides: dict, started: float | None = None) -> None:
         folder = str(max(new, key=lambda p: p.stat().st_mtime)) if new else None
     where = f"{folder}/" if folder else f"{output}/<run-name>/ on the server (the log names it: 'run folder ...')"
     print(f"[fedtt] results: {where} (metrics.jsonl, config.json, summary.json, adapter.safetensors)")
+    if folder and (Path(folder) / "metrics.jsonl").exists():
+        _own_report(folder)
+
+
+def _own_report(folder: str) -> None:
+    """The run's report line and plot (never fails the command: the run's files are what counts)."""
+    from .runs import report
+
+    try:
+        result = report([folder])
+    except Exception as exc:  # noqa: BLE001 - a report that cannot be made is a note, not a failed run
+        print(f"[fedtt] report: not written ({type(exc).__name__}: {exc})")
+        return
+    print(result["table"].splitlines()[-1])
+    print(f"[fedtt] report: {result['markdown']} and {result['plot']} (compare runs: fedtt-flwr report RUN RUN ...)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .runs import report
+
+    result = report(args.runs, metric=args.metric, level=args.level, out=args.out)
+    print(result["table"])
+    print(f"[fedtt] level: {result['metric']} >= {result['level']:.4g}; table {result['markdown']}, "
+          f"plot {result['plot']}")
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -423,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "ClientApp process loads the model every round")
     lb.set_defaults(func=_loopback)
 
+    rp = sub.add_parser("report", help="compare finished runs: a table (final and best metric, rounds and uplink MB "
+                                       "to a level, MB both ways, wall time) and plots against round and uplink MB")
+    rp.add_argument("runs", nargs="+", help="run folders (each holding metrics.jsonl)")
+    rp.add_argument("--metric", help="the dev metric (default: the task's main one that every run recorded)")
+    rp.add_argument("--level", type=float, help="the level for 'rounds / MB to' (default: the lowest final value "
+                                                "among the runs, one every run reached)")
+    rp.add_argument("--out", help="folder for the table and the plot (default: the run folder for one run, the "
+                                  "runs' common parent folder for several)")
+    rp.set_defaults(func=_report)
     w = sub.add_parser("worker", help="a node's training worker: keeps the model and data loaded between rounds "
                                       "for its SuperNode's ClientApps (docs/deployment.md)")
     w.add_argument("--socket", required=True, help="Unix socket path (its folder: owner-only, created if absent); "

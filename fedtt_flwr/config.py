@@ -225,6 +225,21 @@ class RunConfig(BaseModel):
     output_dir: str = Field("runs", description="absolute path recommended: flwr runs from the SuperLink's cwd")
     run_name: str = ""
     resume: str = Field("", description="a run folder: continue that run after its last finished round")
+    tracker: str = Field("", description="where every round's metrics and the config also go: none, tensorboard, "
+                                         "mlflow, wandb, or several comma-separated (fedtt_flwr.tracking; optional "
+                                         "extras: pip install -e '.[tracking]')")
+    tracker_dir: str = Field("", description="the trackers' local files (TensorBoard events, MLflow's SQLite store, "
+                                             "W&B's offline run); '': <run folder>/tracking")
+    tracker_uri: str = Field("", description="mlflow: a tracking URI (a server, a database; '': SQLite in "
+                                             "tracker-dir); wandb: the project ('': fedtt-flwr)")
+
+    @field_validator("tracker")
+    @classmethod
+    def _known_trackers(cls, v: str) -> str:
+        from .tracking import parse_trackers
+
+        parse_trackers(v)
+        return v
 
     @field_validator("task")
     @classmethod
@@ -391,7 +406,8 @@ TRAINING_KEYS = frozenset({
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
     "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon",
-    "dp_delta", "dp_physical_batch", "output_dir", "run_name", "resume"})
+    "dp_delta", "dp_physical_batch", "output_dir", "run_name", "resume",
+    "tracker", "tracker_dir", "tracker_uri"})
 
 
 def node_rank(node_config: dict, cfg: RunConfig) -> int:

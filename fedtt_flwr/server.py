@@ -47,6 +47,7 @@ from .data import load_dev
 from .methods.build import Resolved, build_model, resolve
 from .models import pick_device
 from .tasks import task_of
+from .tracking import Tracking, parse_trackers
 from .train import evaluate, make_loader, tokenize
 
 disable_progress_bar()
@@ -171,8 +172,8 @@ def _resume_folder(cfg: RunConfig) -> Path:
 class MetricsLog:
     """Appends one JSON line per round and prints a progress line."""
 
-    def __init__(self, path: Path, cfg: RunConfig, main_metric: str) -> None:
-        self.path, self.cfg, self.main = path, cfg, main_metric
+    def __init__(self, path: Path, cfg: RunConfig, main_metric: str, tracking: Tracking | None = None) -> None:
+        self.path, self.cfg, self.main, self.tracking = path, cfg, main_metric, tracking
         self.total_up = self.total_down = 0
         self.t0 = time.perf_counter()
 
@@ -183,6 +184,8 @@ class MetricsLog:
                       elapsed_s=round(time.perf_counter() - self.t0, 2))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracking is not None:
+            self.tracking.log_round(record)
         metric = record.get(self.main)
         shown = f"{self.main} {metric:.4f}" if isinstance(metric, float) else f"{self.main} -"
         log(INFO, "[fedtt] round %d/%d  %s  train-loss %s  up %.2f MB  down %.2f MB  (total %.2f MB)  %.0fs",
@@ -387,9 +390,12 @@ def main(grid: Grid, context: Context) -> dict:
     if central.note:
         log(INFO, "[fedtt] %s", central.note)
     write_config(out, cfg, resolved, state, strategy, central.note)
+    tracking = Tracking(parse_trackers(cfg.tracker), Path(cfg.tracker_dir or out / "tracking"), out.name,
+                        cfg.tracker_uri)
+    tracking.log_config(json.loads((out / "config.json").read_text()))
     # a personalised method's main metric is the nodes' own (federated evaluation)
     main_metric = ("fed_" if resolved.method.personal else "") + task_of(cfg).metrics[0]
-    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, main_metric)
+    metrics_log = MetricsLog(out / "metrics.jsonl", cfg, main_metric, tracking)
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()),
         ", ".join(f"{k} {v}" for k, v in resolved.as_dict().items()), out)
@@ -406,16 +412,19 @@ def main(grid: Grid, context: Context) -> dict:
             save_round(out, server_round, arrays, strategy, metrics_log)
 
     start, arrays = 1, ArrayRecord({n: Array(np.ascontiguousarray(t.numpy())) for n, t in state.items()})
-    if cfg.resume:
-        start, arrays = resume_run(out, strategy, metrics_log)
-        log(INFO, "[fedtt] resuming %s after round %d", out, start - 1)
-    else:
-        after_round(0, arrays)
-    arrays = run_rounds(strategy, grid, arrays, start, cfg.num_server_rounds,
-                        ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round, timeout=cfg.round_timeout)
-    set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
-    save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
-    return finish(out, cfg, resolved, strategy, metrics_log, results.get(cfg.num_server_rounds), start)
+    try:
+        if cfg.resume:
+            start, arrays = resume_run(out, strategy, metrics_log)
+            log(INFO, "[fedtt] resuming %s after round %d", out, start - 1)
+        else:
+            after_round(0, arrays)
+        arrays = run_rounds(strategy, grid, arrays, start, cfg.num_server_rounds,
+                            ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round, timeout=cfg.round_timeout)
+        set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
+        save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
+        return finish(out, cfg, resolved, strategy, metrics_log, results.get(cfg.num_server_rounds), start)
+    finally:
+        tracking.close()
 
 
 def round_health(strategy: FedTT, rounds: range) -> dict:

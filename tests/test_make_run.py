@@ -91,5 +91,8 @@ def test_make_run_with_fedtt_data_dir_completes(tmp_path, tiny_model_dir, tiny_s
     assert f"[fedtt] data: $FEDTT_DATA_DIR {tiny_sst2_dir}" in result.stdout
     lines = [json.loads(x) for x in (out / "clone" / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [0, 1] and lines[1]["replies"] == 2
+    # the command ends with its own run's report: the table line and the plot
+    assert "| clone (unfinished) |" not in result.stdout and "| clone | fedtt | 1 |" in result.stdout
+    assert f"[fedtt] report: {out / 'clone' / 'report.md'} and {out / 'clone' / 'report.png'}" in result.stdout
     time.sleep(2)
     assert processes_with(marker) == []
