@@ -53,6 +53,7 @@ from .validation import (
     Expected,
     ReplyGate,
     average_metrics,
+    check_values,
     clean_evaluate_reply,
     clean_train_reply,
     common_keys_only,
@@ -328,11 +329,8 @@ class FedTT(Strategy):
         update = read_packed(msg.content[self.arrays_key], self.wire)
         base = self._reply_base(msg.metadata.src_node_id, [n for n, _ in layout])
         values = (base + update).astype(base.dtype)
-        if not np.isfinite(values).all():
-            raise BadReply("its update decodes to NaN or Inf")
-        if values.size and np.abs(values).max() > self.max_abs:
-            raise BadReply(f"values up to {np.abs(values).max():.3g} after its update, above the bound "
-                           f"{self.max_abs:g}")
+        if values.size:
+            check_values(values, "its values after its update", self.max_abs)
         msg.content[self.arrays_key] = ArrayRecord({PACKED: Array(np.ascontiguousarray(values))})
 
     @property

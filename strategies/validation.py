@@ -83,16 +83,26 @@ def decode(array: Array, want: Expected, max_abs: float = MAX_ABS) -> Array:
         raise BadReply(f"{want.name}: {len(array.data) - offset} bytes of values, {want.shape}/{want.dtype} "
                        f"needs {need}")
     values = np.frombuffer(array.data, dtype=want.dtype, count=count, offset=offset)
-    if values.dtype.kind in "fc":
-        if not np.isfinite(values).all():
-            raise BadReply(f"{want.name}: contains NaN or Inf")
-        top = float(np.abs(values).max()) if values.size else 0.0
-        if top > max_abs:
-            raise BadReply(f"{want.name}: values up to {top:.3g}, above the bound {max_abs:g}")
+    if values.dtype.kind in "fc" and values.size:
+        check_values(values, want.name, max_abs)
     header = canonical_header(want.shape, want.dtype.str)
     if array.data[:offset] == header:
         return array
     return Array(dtype=str(want.dtype), shape=want.shape, stype="numpy.ndarray", data=header + array.data[offset:])
+
+
+def check_values(values: np.ndarray, name: str, max_abs: float) -> None:
+    """:class:`BadReply` unless every value is finite and at most ``max_abs`` in size. Real values take two
+    reductions and no temporary (NaN propagates through ``max``/``min``): at 1,000 replies of 1 MB the
+    temporaries of ``isfinite`` and ``abs`` were most of the check's time."""
+    if values.dtype.kind == "c":
+        values = values.view(values.real.dtype)
+    hi, lo = float(values.max()), float(values.min())
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        raise BadReply(f"{name}: contains NaN or Inf")
+    top = max(hi, -lo)
+    if top > max_abs:
+        raise BadReply(f"{name}: values up to {top:.3g}, above the bound {max_abs:g}")
 
 
 def check_arrays(record: ArrayRecord, expected: list[Expected], max_abs: float = MAX_ABS) -> ArrayRecord:
