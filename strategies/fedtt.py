@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import FedTrimmedAvg, Strategy
 
 from .fedavg import FastFedAvg
 from .packing import as_numpy, pack, read_packed, unpack
-from .precision import FLOAT32, PRECISION_KEY, WireFormat
+from .precision import FEEDBACK_KEY, FLOAT32, PRECISION_KEY, WireFormat
 from .schedules import (
     AllSchedule,
     Schedule,
@@ -86,9 +86,10 @@ def _matcher(include: Include) -> Callable[[str], bool]:
 
 def record_bytes(content: RecordDict) -> int:
     """Serialized array bytes of a message's content (Flower's ``ArrayRecord.count_bytes``), plus the
-    layout strings of packed records (:mod:`strategies.packing`)."""
+    layout strings of packed records (:mod:`strategies.packing`) and their wire format's announcement."""
     layouts = sum(len(k) + (len(v) if isinstance(v, str | bytes) else 8)
-                  for rec in content.config_records.values() for k, v in rec.items() if k.startswith(LAYOUT_PREFIX))
+                  for rec in content.config_records.values() for k, v in rec.items()
+                  if k.startswith(LAYOUT_PREFIX) or k in (PRECISION_KEY, FEEDBACK_KEY))
     return sum(rec.count_bytes() for rec in content.array_records.values()) + layouts
 
 
@@ -282,7 +283,15 @@ class FedTT(Strategy):
                 content[key], config[LAYOUT_PREFIX + key] = pack(content[key], self.wire)
         if self.wire.lossy:
             config[PRECISION_KEY] = self.wire.tag
+            if not self.wire_feedback:
+                config[FEEDBACK_KEY] = False
         content[self.inner_config_key] = config  # per message: a node's sync layout is its own
+
+    @property
+    def wire_feedback(self) -> bool:
+        """Whether nodes may keep an error-feedback residual per tensor: not where the server rebuilds the cores by
+        TT-SVD each round (``average="matrices"``: another gauge, the residual would land on other values)."""
+        return self.average == "cores"
 
     @property
     def inner_config_key(self) -> str:
@@ -330,7 +339,7 @@ class FedTT(Strategy):
         base = self._reply_base(msg.metadata.src_node_id, [n for n, _ in layout])
         values = (base + update).astype(base.dtype)
         if values.size:
-            check_values(values, "its values after its update", self.max_abs)
+            check_values(values, "its values after its update", min(self.max_abs, self.wire.max_value))
         msg.content[self.arrays_key] = ArrayRecord({PACKED: Array(np.ascontiguousarray(values))})
 
     @property
@@ -376,6 +385,9 @@ class FedTT(Strategy):
                                  f"expected {tuple(ref.shape)}")
             if not np.isfinite(values).all():
                 raise ValueError(f"the inner strategy returned NaN or Inf in '{name}'")
+            if self.wire.lossy and not self.wire.carries(values):
+                raise ValueError(f"'{name}' would leave {self.wire.precision}'s range (up to {self.wire.max_value:g}): "
+                                 "it could not be sent")
             dtype = np.dtype(ref.dtype)
             out[name] = agg[name] if values.dtype == dtype else Array(np.ascontiguousarray(values.astype(dtype)))
         return out
@@ -401,6 +413,10 @@ class FedTT(Strategy):
         self._track_versions(arrays)
         if self.wire.lossy and not self.pack:
             raise ValueError(f"wire precision {self.wire.precision} needs packed messages (pack=True)")
+        if self.wire.lossy and type(self.inner).__name__.startswith("DifferentialPrivacyClientSide"):
+            raise ValueError(f"wire precision {self.wire.precision}: replies carry updates, which Flower's client-side "
+                             "clipping mods do not expect (they clip reply - received); use float32, or local DP "
+                             "(DP-SGD on the clients) or a server-side DP wrapper")
         self._bases = {}
         names = self.travelling(arrays)
         train, plan, label = self.select(server_round, names)

@@ -129,6 +129,11 @@ class NodeRanks:
         self._sent.setdefault(node, {}).update({n: tuple(int(x) for x in a.shape) for n, a in out.items()})
         return out
 
+    @property
+    def wire_feedback(self) -> bool:
+        """No error feedback across nodes of other ranks: their cores are a fresh TT-SVD truncation each round."""
+        return not self.per_node and super().wire_feedback
+
     def _sent_group(self, node: int) -> object:
         return self.node_rank.get(node, self.global_rank) if self.per_node else None
 

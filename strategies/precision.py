@@ -26,6 +26,10 @@ from .wire import PACKED
 
 #: the ConfigRecord entry that announces a message's wire format (absent: float32)
 PRECISION_KEY = "fedtt-precision"
+#: the ConfigRecord entry (False) with which a server tells nodes to keep no error-feedback residual: it re-draws
+#: (FLoRA) or re-gauges by TT-SVD (rebuilt matrices, per-node ranks) what it sends, so last round's residual of a
+#: tensor would be added to a different one
+FEEDBACK_KEY = "fedtt-wire-feedback"
 #: the second array of an int8 record
 SCALES = "scales"
 PRECISIONS = ("float32", "float16", "bfloat16", "int8")
@@ -93,15 +97,17 @@ class WireFormat:
             return {PACKED: flat.astype(np.float16)}
         if self.precision == "bfloat16":
             bits = flat.view(np.uint32)
-            rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-            return {PACKED: (rounded >> np.uint32(16)).astype(np.uint16)}
+            rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+            # a NaN's low bits can carry the rounding add past 32 bits (to +0): NaN stays a (quiet) NaN
+            return {PACKED: np.where(np.isnan(flat), np.uint16(0x7FC0), rounded).astype(np.uint16)}
         blocks = self.blocks(flat.size)
         padded = np.zeros(blocks * self.block, dtype=np.float32)
         padded[: flat.size] = flat
         padded = padded.reshape(blocks, self.block)
         scales = (np.abs(padded).max(axis=1) / 127.0).astype(np.float32)
         safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
-        q = np.clip(np.rint(padded / safe[:, None]), -127, 127).astype(np.int8).ravel()[: flat.size]
+        with np.errstate(invalid="ignore"):  # a block with a NaN: its scale is NaN, which the server rejects
+            q = np.clip(np.rint(padded / safe[:, None]), -127, 127).astype(np.int8).ravel()[: flat.size]
         return {PACKED: q, SCALES: scales}
 
     def decode(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -117,6 +123,15 @@ class WireFormat:
     def round_trip(self, flat: np.ndarray) -> np.ndarray:
         """What the other side reads of ``flat``."""
         return self.decode(self.encode(flat))
+
+    @property
+    def max_value(self) -> float:
+        """The largest magnitude the format carries (float16: 65,504; the others: float32's range)."""
+        return _FLOAT16_MAX if self.precision == "float16" else float(np.finfo(np.float32).max)
+
+    def carries(self, values: np.ndarray) -> bool:
+        """Whether ``values`` (finite) fit the format's range."""
+        return not values.size or max(float(values.max()), -float(values.min())) <= self.max_value
 
     def bytes_per_value(self) -> float:
         """Payload bytes per value (int8: the scales included, spread over a full block)."""

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .fedtt import PLAN_KEY, REPLY_KEY, SYNC_KEY
 from .packing import encoded, flatten, read_packed, split, unpack
-from .precision import FLOAT32, PRECISION_KEY, WireFormat
+from .precision import FEEDBACK_KEY, FLOAT32, PRECISION_KEY, WireFormat
 from .schedules import decode_plan, trainable_names
 from .wire import LAYOUT_PREFIX, layout_digest, parse_layout
 
@@ -88,12 +88,16 @@ def _packed_reply(content: RecordDict, trained: ArrayRecord, arrays_key: str, co
         raise ValueError("the reply's tensors are not those received, in the order received")
     entries = parse_layout(layout)
     update = flat.astype(np.float32) - read_packed(content[arrays_key], wire)
+    config = content.config_records.get(config_key)
+    if config is not None and config.get(FEEDBACK_KEY) is False:  # the server re-draws or re-gauges what it sends
+        state = None
     if state is not None and entries:
         kept = state.array_records.get(RESIDUAL_KEY) or ArrayRecord()
         update += np.concatenate([_residual(kept, name, shape).ravel() for name, shape in entries])
     record = encoded(update, wire)
     if state is not None and entries:
         left = update - wire.decode({n: np.asarray(a.numpy()) for n, a in record.items()})
+        left[~np.isfinite(left)] = 0.0  # a diverged update is rejected by the server; it must not haunt the next
         kept.update(split(left, entries).items())
         state[RESIDUAL_KEY] = kept
     return record, layout

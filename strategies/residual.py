@@ -75,6 +75,11 @@ class FedLoRAResidual(NodeRanks, FedTT):
         self._replies: list[tuple[float, float, dict[str, np.ndarray]]] = []
 
     @property
+    def wire_feedback(self) -> bool:
+        """FLoRA re-draws its factors every round: a residual of last round's would be added to new ones."""
+        return self.mode == "fedex" and super().wire_feedback
+
+    @property
     def global_rank(self) -> int:
         a_name = next(iter(lora_modules(self._travelling).values()))[0]
         return int(self._global[a_name].shape[0])
@@ -117,9 +122,10 @@ class FedLoRAResidual(NodeRanks, FedTT):
             a, b = (as_float64(merged[n]) for n in (a_name, b_name))
             step = stacked - self.scaling * (b @ a) if self.mode == "fedex" else stacked
             residual = as_float64(merged[r_name]) + step
-            if not np.isfinite(residual).all():  # cannot happen within the replies' value bound; never merge it
-                self._global, self._version = before, versions
-                return self._skip(self._round(server_round), server_round, f"{r_name}: the residual overflowed")
+            if not np.isfinite(residual).all() or (self.wire.lossy and not self.wire.carries(residual)):
+                self._global, self._version = before, versions  # never merged: it could not be used or sent
+                return self._skip(self._round(server_round), server_round,
+                                  f"{r_name}: the residual overflowed (float32, or the wire's {self.wire.precision})")
             updated[r_name] = _like(residual, merged[r_name])
             if self.mode == "flora":  # a fresh LoRA for the next round: peft's init (A ~ U(+-1/sqrt(in)), B = 0)
                 bound = 1.0 / np.sqrt(a.shape[1])

@@ -121,7 +121,8 @@ def test_bytes_counted_are_those_sent_and_shrink_with_the_precision():
         down = [m for m in grid.sent if m.metadata.message_type == "train"]
         assert strategy.rounds[1]["bytes_down"] == sum(
             r.count_bytes() for m in down for r in m.content.array_records.values()) + sum(
-            len(k) + len(v) for m in down for k, v in m.content["config"].items() if k.startswith("fedtt-layout:"))
+            len(k) + len(v) for m in down for k, v in m.content["config"].items()
+            if k.startswith("fedtt-layout:") or k == PRECISION_KEY)  # what packing and the format add
     assert up["float16"] == up["bfloat16"] < 0.6 * up["float32"]
     assert up["int8"] < 0.4 * up["float32"]
 
@@ -271,3 +272,198 @@ def test_a_lossy_format_with_pack_arrays_off_is_a_config_error():
 
     with pytest.raises(ValueError, match="wire-precision float16 applies to packed messages"):
         RunConfig.from_flower({"wire-precision": "float16", "pack-arrays": False})
+
+
+# Found by an adversarial review: each pins a way a client, or a node's own divergence, could crash, stall or fool
+# the server in a lossy format.
+HEAD = "classifier.weight"
+
+
+def _metrics() -> MetricRecord:
+    return MetricRecord({"train-loss": 0.5, "num-examples": 10})
+
+
+def _eval_reply(msg: Message) -> Message:
+    return Message(RecordDict({"metrics": MetricRecord({"loss": 1.0, "num-examples": 5})}), reply_to=msg)
+
+
+def test_float16_a_client_cannot_push_the_global_past_what_float16_carries():
+    """Node 101 replies, every round, the largest update float16 can carry (65,504) for the head; each reply is
+    accepted (finite, within max_abs); the averaged head passes 65,504 after a few rounds and the server's next
+    downlink cannot encode it. Expected: the run goes on (the offending reply or round rejected/skipped)."""
+
+    def app(msg: Message, context) -> Message:
+        if msg.metadata.message_type != "train":
+            return _eval_reply(msg)
+        received = receive_global(msg.content, context.state)
+        names = round_trainable(msg.content)
+        out = {}
+        for n in names:
+            values = received[n].numpy().astype(np.float32)
+            if context.node_id == 101 and n == HEAD:
+                values = values + np.float32(65000.0)
+            out[n] = Array(values)
+        return Message(reply_content(msg.content, ArrayRecord(out), _metrics()), reply_to=msg)
+
+    strategy = FedTT(FedAvg(min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0), pack=True)
+    strategy.wire = WireFormat("float16")
+    grid = InProcessGrid(app, 2)
+    # must not raise: a client's replies must never end the run
+    result = strategy.start(grid=grid, initial_arrays=global_record(), num_rounds=4, train_config=ConfigRecord())
+    assert all(result.arrays[n].numpy().dtype == np.float32 for n in result.arrays)
+    assert np.abs(result.arrays[HEAD].numpy()).max() <= 65504
+    assert any(strategy.rounds[r].get("skipped") or strategy.rounds[r]["rejected"] for r in range(1, 5))
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "int8"])
+def test_one_nan_update_does_not_poison_the_error_feedback_residual(precision):
+    def app(msg: Message, context) -> Message:
+        if msg.metadata.message_type != "train":
+            return _eval_reply(msg)
+        received = receive_global(msg.content)
+        names = round_trainable(msg.content)
+        rnd = int(msg.content["config"]["server-round"])
+        out = {}
+        for n in names:
+            values = received[n].numpy().astype(np.float32) + np.float32(0.01)
+            if context.node_id == 101 and rnd == 1 and n == HEAD:
+                values = values.copy()
+                values.flat[0] = np.nan  # one bad step in round 1 only
+            out[n] = Array(values)
+        return Message(reply_content(msg.content, ArrayRecord(out), _metrics(), state=context.state), reply_to=msg)
+
+    strategy = FedTT(FedAvg(min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0), pack=True)
+    strategy.wire = WireFormat(precision, 16)
+    grid = InProcessGrid(app, 2)
+    strategy.start(grid=grid, initial_arrays=global_record(), num_rounds=3, train_config=ConfigRecord())
+    assert strategy.rounds[1]["rejected"] == 1  # the NaN reply itself: rightly rejected
+    assert strategy.rounds[2]["rejected"] == 0 and strategy.rounds[3]["rejected"] == 0, \
+        "the node's healthy replies of rounds 2 and 3 are rejected because of round 1's residual"
+    residual = grid.contexts[101].state[RESIDUAL_KEY][HEAD].numpy()
+    assert np.isfinite(residual).all(), "the node keeps a NaN residual"
+
+
+def test_bfloat16_keeps_nan_a_nan():
+    nans = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FFF8000], dtype=np.uint32).view(np.float32)
+    assert np.isnan(nans).all()
+    out = WireFormat("bfloat16").round_trip(nans)
+    assert np.isnan(out).all(), f"NaN encoded as {out}"
+
+
+def test_float16_fedex_residual_out_of_range_skips_the_round():
+    from strategies.residual import FedLoRAResidual
+    from tests.test_exact_lora import HEAD as LORA_HEAD
+    from tests.test_exact_lora import RES, A, B
+    from tests.test_exact_lora import global_record as lora_record
+
+    def app(msg: Message, context) -> Message:
+        if msg.metadata.message_type != "train":
+            return _eval_reply(msg)
+        received = receive_global(msg.content, context.state)
+        out = {}
+        for n in round_trainable(msg.content):
+            values = received[n].numpy().astype(np.float32) + np.float32(0.01)
+            if context.node_id == 101 and n in (A, B):
+                values = np.full_like(values, 1000.0)  # finite, far inside max_abs and float16
+            out[n] = Array(values)
+        return Message(reply_content(msg.content, ArrayRecord(out), _metrics()), reply_to=msg)
+
+    strategy = FedLoRAResidual(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
+                               include=[A, B, RES, LORA_HEAD], pack=True, mode="fedex", scaling=2.0)
+    strategy.wire = WireFormat("float16")
+    grid = InProcessGrid(app, 3)
+    result = strategy.start(grid=grid, initial_arrays=lora_record(np.random.default_rng(0)), num_rounds=2,
+                            train_config=ConfigRecord())
+    assert all(result.arrays[n].numpy().dtype == np.float32 for n in result.arrays)
+    assert strategy.rounds[1]["skipped"] and "residual overflowed" in strategy.rounds[1]["skip_reason"]
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_client_side_dp_clipping_is_refused_in_a_lossy_format(precision):
+    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    from tests.test_strategies import numpy_client
+
+    client = numpy_client()
+    dp = DifferentialPrivacyClientSideFixedClipping(
+        FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
+        noise_multiplier=0.0, clipping_norm=0.5, num_sampled_clients=3)
+    strategy = FedTT(dp, pack=True)
+    strategy.wire = WireFormat(precision, 16)
+    grid = InProcessGrid(lambda msg, ctx: fixedclipping_mod(msg, ctx, client), 3)
+    initial = global_record()
+    with pytest.raises(ValueError, match="client-side clipping mods do not expect"):
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=1, train_config=ConfigRecord())
+
+
+def _flora_zero_update_rounds(feedback: bool):
+    """FLoRA in int8 (one block): nodes train in round 1 only; in rounds 2 and 3 they return the fresh LoRA exactly
+    as received. The dense residual after each round."""
+    from strategies.residual import FedLoRAResidual
+    from tests.test_exact_lora import HEAD as LORA_HEAD
+    from tests.test_exact_lora import RES, A, B
+    from tests.test_exact_lora import global_record as lora_record
+
+    def app(msg: Message, context) -> Message:
+        if msg.metadata.message_type != "train":
+            return _eval_reply(msg)
+        received = receive_global(msg.content)
+        rnd = int(msg.content["config"]["server-round"])
+        rng = np.random.default_rng(context.node_id)
+        out = {}
+        for n in round_trainable(msg.content):
+            values = received[n].numpy().astype(np.float32)
+            if rnd == 1:
+                values = values + (0.3 * rng.normal(size=values.shape)).astype(np.float32)
+            out[n] = Array(values)
+        return Message(reply_content(msg.content, ArrayRecord(out), _metrics(),
+                                     state=context.state if feedback else None), reply_to=msg)
+
+    strategy = FedLoRAResidual(FedAvg(min_train_nodes=3, min_available_nodes=3, fraction_evaluate=0.0),
+                               include=[A, B, RES, LORA_HEAD], pack=True, mode="flora", scaling=2.0, seed=7)
+    strategy.wire = WireFormat("int8", 1 << 20)
+    residuals = []
+    aggregate = strategy.aggregate_train
+
+    def spy(server_round, replies):
+        out = aggregate(server_round, replies)
+        residuals.append(strategy._global[RES].numpy().astype(np.float64).copy())
+        return out
+
+    strategy.aggregate_train = spy
+    strategy.start(grid=InProcessGrid(app, 3), initial_arrays=lora_record(np.random.default_rng(0)), num_rounds=3,
+                   train_config=ConfigRecord())
+    return residuals
+
+
+def test_flora_nodes_keep_no_residual_of_factors_it_redraws():
+    without = _flora_zero_update_rounds(feedback=False)
+    np.testing.assert_array_equal(without[1], without[0])  # control: no training, no change (B stays 0)
+    with_fb = _flora_zero_update_rounds(feedback=True)
+    # nobody trained in rounds 2 and 3: the effective matrix (residual + s B A, B = 0) must not move
+    np.testing.assert_allclose(with_fb[1], with_fb[0], atol=1e-6)
+
+
+def test_bfloat16_a_diverged_gpu_client_is_rejected():
+    """CUDA's canonical NaN is 0x7FFFFFFF; trained - received keeps that payload, the bfloat16 rounding add wraps it
+    to +0.0, and the server accepts a NaN reply as 'no change' (in float32 it is rejected)."""
+    cuda_nan = np.array([0x7FFFFFFF], dtype=np.uint32).view(np.float32)[0]
+
+    def app(msg: Message, context) -> Message:
+        if msg.metadata.message_type != "train":
+            return _eval_reply(msg)
+        received = receive_global(msg.content)
+        out = {}
+        for n in round_trainable(msg.content):
+            values = received[n].numpy().astype(np.float32) + np.float32(0.01)
+            if context.node_id == 101:
+                values = np.full_like(values, cuda_nan)  # training diverged on the GPU
+            out[n] = Array(values)
+        return Message(reply_content(msg.content, ArrayRecord(out), _metrics()), reply_to=msg)
+
+    strategy = FedTT(FedAvg(min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0), pack=True)
+    strategy.wire = WireFormat("bfloat16")
+    strategy.start(grid=InProcessGrid(app, 2), initial_arrays=global_record(), num_rounds=1,
+                   train_config=ConfigRecord())
+    assert strategy.rounds[1]["rejected"] == 1, "the NaN reply was accepted"
