@@ -128,6 +128,7 @@ def plot(runs: list[Run], metric: str, level: float | None, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (by_round, by_mb) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
@@ -144,7 +145,8 @@ def plot(runs: list[Run], metric: str, level: float | None, path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"dev {metric}")
         ax.grid(alpha=0.3)
-    by_mb.set_xscale("symlog", linthresh=0.1)
+    by_mb.set_xlim(left=0)
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_round.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
