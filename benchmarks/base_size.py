@@ -104,7 +104,8 @@ def _plot(results: list[dict]) -> None:
             if r["task"] != task:
                 continue
             pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['method']} s{r['seed']}")
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['method']} s{r['seed']}",
+                    color=f"C{METHODS.index(r['method'])}", ls="-" if r["seed"] == 0 else "--")
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel("cumulative uplink MB")
         ax.set_ylabel(f"dev {metric}")
