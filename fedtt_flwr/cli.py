@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -185,14 +184,20 @@ def local_data_dir(task: str, data_dir: str | None) -> Path:
     return source.folder
 
 
-def _results_line(overrides: dict, started: float | None = None) -> None:
+def _run_folders(overrides: dict) -> set[str]:
+    """The folders under a local output-dir now (taken before a run, so its own new folder can be told apart)."""
+    output = Path(str(overrides.get("output-dir", "runs"))).expanduser()
+    return {p.name for p in output.iterdir() if p.is_dir()} if output.is_dir() else set()
+
+
+def _results_line(overrides: dict, before: set[str] | None = None) -> None:
     """Where the run's files are: the run folder itself when it is known here (``run-name``, ``resume``, or the
-    newest folder this run created under a local output-dir), else where to find its name."""
-    output = overrides.get("output-dir", "runs")
+    folder this run created under a local output-dir: one not in ``before``), else where to find its name."""
+    output = str(Path(str(overrides.get("output-dir", "runs"))).expanduser())
     folder = overrides.get("resume") or (f"{output}/{overrides['run-name']}" if overrides.get("run-name") else None)
-    if folder is None and started is not None and Path(output).is_dir():
-        new = [p for p in Path(output).iterdir() if p.is_dir() and p.stat().st_mtime >= started]
-        folder = str(max(new, key=lambda p: p.stat().st_mtime)) if new else None
+    if folder is None and before is not None and Path(output).is_dir():
+        new = [p for p in Path(output).iterdir() if p.is_dir() and p.name not in before]
+        folder = str(max(new, key=lambda p: p.stat().st_ctime)) if new else None
     where = f"{folder}/" if folder else f"{output}/<run-name>/ on the server (the log names it: 'run folder ...')"
     print(f"[fedtt] results: {where} (metrics.jsonl, config.json, summary.json, adapter.safetensors)")
     if folder and (Path(folder) / "metrics.jsonl").exists():
@@ -213,11 +218,12 @@ def _own_report(folder: str) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .runs import report
+    from .runs import lower_is_better, report
 
     result = report(args.runs, metric=args.metric, level=args.level, out=args.out)
     print(result["table"])
-    print(f"[fedtt] level: {result['metric']} >= {result['level']:.4g}; table {result['markdown']}, "
+    sign = "<=" if lower_is_better(result["metric"]) else ">="
+    print(f"[fedtt] level: {result['metric']} {sign} {result['level']:.4g}; table {result['markdown']}, "
           f"plot {result['plot']}")
     return 0
 
@@ -226,10 +232,10 @@ def _simulate(args: argparse.Namespace) -> int:
     from .launch import simulate
 
     overrides = app_overrides(args.set, args.num_clients)
-    started = time.time()
+    before = _run_folders(overrides)
     code = simulate(num_supernodes=args.num_clients, run_config=overrides, cpus_per_client=args.cpus_per_client,
                     gpus_per_client=args.gpus_per_client, flwr_home=args.flwr_home, ray_address=args.ray_address)
-    _results_line(overrides, started)
+    _results_line(overrides, before)
     return code
 
 
@@ -275,9 +281,9 @@ def _deploy(args: argparse.Namespace) -> int:
         return 0
     if action == "run":
         overrides = app_overrides(args.set, local_data=False)  # the nodes bring their own data
-        started = time.time()
+        before = _run_folders(overrides)
         status = deploy.run_and_wait(env, "fedtt-deploy", overrides, args.timeout)
-        _results_line(overrides, started)  # the folder itself when output-dir is on this machine
+        _results_line(overrides, before)  # the folder itself when output-dir is on this machine
         return 0 if status == "finished:completed" else 1
     raise ValueError(f"unknown deploy action {action!r}")
 

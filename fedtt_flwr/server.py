@@ -141,7 +141,8 @@ def finished_rounds(folder: Path) -> int:
 
 
 #: keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "num-server-rounds", "run-name", "output-dir")  # resume names the folder
+#: settings a resumed run may change (resume names the folder; where metrics are also sent never changes training)
+RESUMABLE_CHANGES = ("resume", "num-server-rounds", "run-name", "output-dir", "tracker", "tracker-dir", "tracker-uri")
 
 
 def _resume_folder(cfg: RunConfig) -> Path:
@@ -390,8 +391,8 @@ def main(grid: Grid, context: Context) -> dict:
     if central.note:
         log(INFO, "[fedtt] %s", central.note)
     write_config(out, cfg, resolved, state, strategy, central.note)
-    tracking = Tracking(parse_trackers(cfg.tracker), Path(cfg.tracker_dir or out / "tracking"), out.name,
-                        cfg.tracker_uri)
+    tracking = Tracking(parse_trackers(cfg.tracker), Path(cfg.tracker_dir or out / "tracking").expanduser(), out.name,
+                        cfg.tracker_uri, ids=out / "tracking-ids.json")
     tracking.log_config(json.loads((out / "config.json").read_text()))
     # a personalised method's main metric is the nodes' own (federated evaluation)
     main_metric = ("fed_" if resolved.method.personal else "") + task_of(cfg).metrics[0]
@@ -412,6 +413,7 @@ def main(grid: Grid, context: Context) -> dict:
             save_round(out, server_round, arrays, strategy, metrics_log)
 
     start, arrays = 1, ArrayRecord({n: Array(np.ascontiguousarray(t.numpy())) for n, t in state.items()})
+    failed = True
     try:
         if cfg.resume:
             start, arrays = resume_run(out, strategy, metrics_log)
@@ -422,9 +424,11 @@ def main(grid: Grid, context: Context) -> dict:
                             ConfigRecord({"proximal-mu": cfg.proximal_mu}), after_round, timeout=cfg.round_timeout)
         set_adapter_state(model, {n: a.numpy() for n, a in arrays.items()})
         save_adapter(model.cpu(), out / "adapter.safetensors", task=cfg.task, method=cfg.method)
-        return finish(out, cfg, resolved, strategy, metrics_log, results.get(cfg.num_server_rounds), start)
+        summary = finish(out, cfg, resolved, strategy, metrics_log, results.get(cfg.num_server_rounds), start)
+        failed = False
+        return summary
     finally:
-        tracking.close()
+        tracking.close(failed)
 
 
 def round_health(strategy: FedTT, rounds: range) -> dict:
