@@ -185,15 +185,13 @@ def test_deploy_run_checks_only_what_does_not_depend_on_this_machine(tmp_path):
 
 
 def test_the_results_line_names_the_run_folder(tmp_path, capsys):
-    import time
-
-    from fedtt_flwr.cli import _results_line
+    from fedtt_flwr.cli import _results_line, _run_folders
 
     _results_line({"output-dir": str(tmp_path), "run-name": "mine"})
     assert f"results: {tmp_path}/mine/ (" in capsys.readouterr().out
-    started = time.time() - 1
+    before = _run_folders({"output-dir": str(tmp_path)})
     (tmp_path / "20261203-120000-fedtt-minilm-sst2").mkdir()
-    _results_line({"output-dir": str(tmp_path)}, started)
+    _results_line({"output-dir": str(tmp_path)}, before)
     assert f"results: {tmp_path}/20261203-120000-fedtt-minilm-sst2/ (" in capsys.readouterr().out
     _results_line({"output-dir": "/var/lib/fedtt/runs"})  # deploy run: the folder is on the server
     assert "/var/lib/fedtt/runs/<run-name>/ on the server" in capsys.readouterr().out
