@@ -107,6 +107,7 @@ def _plot(results: list[dict]) -> None:
             ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['method']} s{r['seed']}",
                     color=f"C{METHODS.index(r['method'])}", ls="-" if r["seed"] == 0 else "--")
         ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("cumulative uplink MB")
         ax.set_ylabel(f"dev {metric}")
         ax.set_title(f"{task} (MPNet-base, 10 clients, Dir(0.5))")

@@ -120,6 +120,7 @@ def _plot(results: list[dict]) -> None:
                 pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method)
         ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("cumulative uplink MB")
         ax.set_ylabel(f"dev {metric}")
         ax.set_title(f"{task} (MiniLM, 10 clients, Dir(0.5), seed 0)")

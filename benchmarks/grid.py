@@ -328,6 +328,7 @@ def plots(results: dict[str, dict]) -> list[Path]:
             axes[0][j].set_xlabel("round")
             axes[1][j].set_xlabel("cumulative MB up (all clients)")
             axes[1][j].set_xscale("symlog", linthresh=0.1)
+            axes[1][j].set_xlim(left=0)
             for i in range(2):
                 axes[i][j].set_ylabel(f"dev {main}")
                 axes[i][j].grid(alpha=0.3)

@@ -139,6 +139,7 @@ def _plot(results: list[dict]) -> None:
         pts = [(p["mb_up"], 100 * p["exact_match"]) for p in r["curve"]]
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['cell']} s{r['seed']}")
     ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("cumulative uplink MB")
     ax.set_ylabel(f"dev exact match (%, first {EVAL_EXAMPLES} rows)")
     ax.set_title("SmolLM2-135M, instruction mix, 10 clients, Dir(0.5) over family")

@@ -123,6 +123,7 @@ def _plot(results: list[dict]) -> None:
                 label=f"{r['method']} {r['precision']}")
     ax.axhline(TARGET, color="grey", lw=0.5)
     ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("cumulative uplink MB")
     ax.set_ylabel("dev accuracy")
     ax.set_title("SST-2, MiniLM, 10 clients Dir(0.5), seed 0: wire precision")
