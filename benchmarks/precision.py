@@ -69,18 +69,26 @@ def mb_to(result: dict, level: float) -> float | None:
 
 def report() -> None:
     """Per method and precision: seeds, final accuracy (mean, range), uplink MB per round (5 clients), MB to 0.80 per
-    seed, and two ratios of the mean MB to 0.80 over the seeds that reached it: float32's / this precision's (same
-    method), LoRA's / FedTT's (same precision)."""
+    seed, and two ratios of the MB to 0.80, summed over the seeds where both sides reached it (their number in
+    brackets): float32's / this precision's (same method), LoRA's / this method's (same precision)."""
     results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
     if not results:
         print("no finished cells yet")
         return
     cell = {(r["method"], r["precision"], r["seed"]): r for r in results}
 
-    def mean_mb(method: str, precision: str) -> float | None:
-        hits = [mb_to(r, TARGET) for (m, p, _), r in cell.items() if (m, p) == (method, precision)]
-        hits = [h for h in hits if h is not None]
-        return statistics.mean(hits) if hits else None
+    def hits(method: str, precision: str) -> dict[int, float]:
+        """seed -> MB to the target, for the seeds that reached it."""
+        out = {seed: mb_to(r, TARGET) for (m, p, seed), r in cell.items() if (m, p) == (method, precision)}
+        return {seed: mb for seed, mb in out.items() if mb is not None}
+
+    def ratio(top: tuple[str, str], bottom: tuple[str, str]) -> str:
+        """mean MB of ``top`` / mean MB of ``bottom`` over the seeds where both reached the target."""
+        a, b = hits(*top), hits(*bottom)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            return "-"
+        return f"{sum(a[s] for s in seeds) / sum(b[s] for s in seeds):.2f}x ({len(seeds)})"
 
     rows = [f"| method | wire | seeds | final accuracy (mean, min-max) | up MB / round | MB to {TARGET:.2f} (per seed) "
             "| float32 MB / this MB | LoRA MB / FedTT MB |", "|---|---|---|---|---|---|---|---|"]
@@ -92,14 +100,12 @@ def report() -> None:
                 continue
             finals = [100 * r["final"]["accuracy"] for r in mine]
             up = statistics.mean(statistics.mean(r["bytes_up_per_round"]) for r in mine) / 1e6
-            hits = ["not reached" if (h := mb_to(r, TARGET)) is None else f"{h:.2f}" for r in mine]
-            here, base = mean_mb(method, precision), mean_mb(method, "float32")
-            ratio = f"{base / here:.2f}x" if here and base else "-"
-            lora, tt = mean_mb("lora", precision), mean_mb(method, precision)
-            versus = f"{lora / tt:.2f}x" if method != "lora" and lora and tt else "-"
+            reached = ["not reached" if (h := mb_to(r, TARGET)) is None else f"{h:.2f}" for r in mine]
+            fewer = ratio((method, "float32"), (method, precision))
+            versus = ratio(("lora", precision), (method, precision)) if method != "lora" else "-"
             rows.append(f"| {method} | {precision} | {','.join(str(r['seed']) for r in mine)} | "
                         f"{statistics.mean(finals):.1f} ({min(finals):.1f}-{max(finals):.1f}) | {up:.3f} | "
-                        f"{' / '.join(hits)} | {ratio} | {versus} |")
+                        f"{' / '.join(reached)} | {fewer} | {versus} |")
     table = "\n".join(rows)
     (OUT / "table.md").write_text(table + "\n")
     _plot(results)
