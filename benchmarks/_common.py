@@ -103,6 +103,21 @@ def app_cell(cfg: dict, clients: int, runs: Path, metrics: tuple[str, ...], comm
             "command": command}
 
 
+def mb_axis(ax, ylabel: str, title: str) -> None:
+    """An axis of a dev metric against cumulative uplink MB: symlog from 0 (round 0 sent nothing)."""
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("cumulative uplink MB")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def save_plot(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def mb_to_level(result: dict, reference: dict | None, metric: str, margin: float = 0.01) -> str:
     """Cumulative uplink MB at which ``result``'s curve first reaches ``reference``'s final ``metric`` minus
     ``margin``; "-" without a reference value, "not reached" if it never does."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks._common import RESULTS, app_cell, cells_main, mb_to_level, publish
+from benchmarks._common import RESULTS, app_cell, cells_main, mb_axis, mb_to_level, publish, save_plot
 
 OUT = RESULTS / "base_size"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -106,16 +106,9 @@ def _plot(results: list[dict]) -> None:
             pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
             ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['method']} s{r['seed']}",
                     color=f"C{METHODS.index(r['method'])}", ls="-" if r["seed"] == 0 else "--")
-        ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("cumulative uplink MB")
-        ax.set_ylabel(f"dev {metric}")
-        ax.set_title(f"{task} (MPNet-base, 10 clients, Dir(0.5))")
+        mb_axis(ax, f"dev {metric}", f"{task} (MPNet-base, 10 clients, Dir(0.5))")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = DOC.parent / "img" / "base_size.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_plot(fig, DOC.parent / "img" / "base_size.png")
 
 
 if __name__ == "__main__":

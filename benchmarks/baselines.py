@@ -22,7 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks._common import RESULTS, app_cell, cells_main, mb_to_level, publish
+from benchmarks._common import RESULTS, app_cell, cells_main, mb_axis, mb_to_level, publish, save_plot
 
 OUT = RESULTS / "baselines"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -119,16 +119,9 @@ def _plot(results: list[dict]) -> None:
             for r in runs:
                 pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method)
-        ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("cumulative uplink MB")
-        ax.set_ylabel(f"dev {metric}")
-        ax.set_title(f"{task} (MiniLM, 10 clients, Dir(0.5), seed 0)")
+        mb_axis(ax, f"dev {metric}", f"{task} (MiniLM, 10 clients, Dir(0.5), seed 0)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = DOC.parent / "img" / "baselines.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_plot(fig, DOC.parent / "img" / "baselines.png")
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish, run_cells
+from benchmarks._common import RESULTS, mb_axis, publish, run_cells, save_plot
 
 OUT = RESULTS / "instruct"
 RUNS = RESULTS.parent / "out" / "instruct"
@@ -138,16 +138,10 @@ def _plot(results: list[dict]) -> None:
     for r in results:
         pts = [(p["mb_up"], 100 * p["exact_match"]) for p in r["curve"]]
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{r['cell']} s{r['seed']}")
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlim(left=0)
-    ax.set_xlabel("cumulative uplink MB")
-    ax.set_ylabel(f"dev exact match (%, first {EVAL_EXAMPLES} rows)")
-    ax.set_title("SmolLM2-135M, instruction mix, 10 clients, Dir(0.5) over family")
+    mb_axis(ax, f"dev exact match (%, first {EVAL_EXAMPLES} rows)",
+            "SmolLM2-135M, instruction mix, 10 clients, Dir(0.5) over family")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = DOC.parent / "img" / "instruct.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_plot(fig, DOC.parent / "img" / "instruct.png")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import baselines
-from benchmarks._common import RESULTS, app_cell, cells_main, publish
+from benchmarks._common import RESULTS, app_cell, cells_main, mb_axis, publish, save_plot
 
 OUT = RESULTS / "precision"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -128,16 +128,9 @@ def _plot(results: list[dict]) -> None:
         ax.plot(*zip(*pts, strict=True), styles[r["precision"]], color=colours[r["method"]], marker="o", ms=2,
                 label=f"{r['method']} {r['precision']}")
     ax.axhline(TARGET, color="grey", lw=0.5)
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlim(left=0)
-    ax.set_xlabel("cumulative uplink MB")
-    ax.set_ylabel("dev accuracy")
-    ax.set_title("SST-2, MiniLM, 10 clients Dir(0.5), seed 0: wire precision")
+    mb_axis(ax, "dev accuracy", "SST-2, MiniLM, 10 clients Dir(0.5), seed 0: wire precision")
     ax.legend(fontsize=6, ncol=3)
-    fig.tight_layout()
-    path = DOC.parent / "img" / "precision.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_plot(fig, DOC.parent / "img" / "precision.png")
 
 
 def main() -> None:
