@@ -7,8 +7,9 @@ model on the same dev rows. One JSON per finished cell goes to benchmarks/result
 finished cells, so an interrupted run resumes. ``--report`` writes the table and the plot (exact match against
 cumulative uplink MB) into docs/instruction-tuning.md between its ``instruct`` markers.
 
-The budget (2 CPU cores): 10 rounds of 10 local steps of 8, max-length 256; exact match on the first
-``EVAL_EXAMPLES`` dev rows (shuffled over the families) every 2 rounds.
+The budget (2 CPU cores): 10 rounds of 8 local steps of 8, max-length 128 (a step of 8 at 128 tokens takes ~2.6 s
+here, at 256 ~10 s: long BoolQ passages lose their middle, the instruction and question are kept); exact match on the
+first ``EVAL_EXAMPLES`` dev rows (shuffled over the families) every 2 rounds.
 
     HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.instruct --mix /abs/mix > instruct.log 2>&1 &
     .venv/bin/python -m benchmarks.instruct --list
@@ -33,8 +34,8 @@ RUNS = RESULTS.parent / "out" / "instruct"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "instruction-tuning.md"
 CLIENTS, PER_ROUND, EVAL_EXAMPLES = 10, 5, 120
 COMMON = {"model": "smollm2-135m", "task": "custom", "task-kind": "generation", "partition": "dirichlet",
-          "partition-column": "family", "alpha": 0.5, "max-length": 256, "num-server-rounds": 10,
-          "local-steps": 10, "batch-size": 8, "fraction-train": PER_ROUND / CLIENTS, "min-clients": PER_ROUND,
+          "partition-column": "family", "alpha": 0.5, "max-length": 128, "num-server-rounds": 10,
+          "local-steps": 8, "batch-size": 8, "fraction-train": PER_ROUND / CLIENTS, "min-clients": PER_ROUND,
           "eval-every": 2, "eval-examples": EVAL_EXAMPLES, "eval-batch-size": 16}
 #: cell name -> the method's settings (everything else: the run config's defaults)
 CELLS = {

@@ -1,12 +1,13 @@
-"""Cross-device scale: the Ray simulation (`flwr run`) with N virtual clients, 10 sampled per round.
+"""Cross-device scale: the Ray simulation (`flwr run`) with N clients, 10 sampled per round.
 
-For N in {10, 100, 1000} (MiniLM, SST-2 split IID over N clients, FedTT, a few local steps): per round the
+For N in {10, 100, 1000, ...} (MiniLM, SST-2 split IID over N clients, FedTT, a few local steps), with one SuperNode
+per client or (``--virtual``) 10 SuperNodes serving N virtual clients (run config ``virtual-clients``): per round the
 wall time, the clients' own training time (summed, and per Ray worker), the server's aggregation time; peak
 RSS of the simulation driver (ServerApp + Ray driver), of the Ray workers (ClientApp actors) and of the rest
 (SuperLink, raylet, GCS), sampled every 0.5 s. One JSON per N in results/scale/ (a rerun skips finished N),
 a plot of these against N, and the table of docs/performance.md.
 
-    .venv/bin/python -m benchmarks.scale [--clients 10,100,1000] [--rounds 3] [--report]
+    .venv/bin/python -m benchmarks.scale [--clients 10,100,1000] [--rounds 3] [--virtual] [--task qqp] [--report]
 """
 
 from __future__ import annotations
@@ -60,15 +61,23 @@ class RssSampler(threading.Thread):
             self.halt.wait(0.5)
 
 
-def run(n: int, rounds: int) -> dict:
-    name = f"n{n}"
-    cfg = {**BASE, "num-server-rounds": rounds, "fraction-train": PER_ROUND / n, "run-name": name,
+def cell_name(n: int, virtual: bool, task: str) -> str:
+    return f"{'v' if virtual else 'n'}{n}{'' if task == BASE['task'] else '-' + task}"
+
+
+def run(n: int, rounds: int, virtual: bool = False, task: str = BASE["task"]) -> dict:
+    """One simulation: N SuperNodes, or (``virtual``) ``PER_ROUND`` SuperNodes serving N virtual clients."""
+    name = cell_name(n, virtual, task)
+    cfg = {**BASE, "task": task, "num-server-rounds": rounds, "fraction-train": PER_ROUND / n, "run-name": name,
            "output-dir": str(RUNS), "data-dir": str(default_data_dir().resolve())}
+    if virtual:
+        cfg["virtual-clients"] = n
     shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted run starts over (a run folder is never shared)
     sampler = RssSampler()
     sampler.start()
     t0 = time.perf_counter()
-    code = simulate(num_supernodes=n, run_config=cfg, cpus_per_client=1, stream=False, timeout=3 * 3600)
+    code = simulate(num_supernodes=PER_ROUND if virtual else n, run_config=cfg, cpus_per_client=1, stream=False,
+                    timeout=3 * 3600)
     wall = time.perf_counter() - t0
     sampler.halt.set()
     sampler.join()
@@ -84,9 +93,12 @@ def run(n: int, rounds: int) -> dict:
                            "train_wall_s": round(train_wall, 2),
                            "overhead_share": round(1 - train_wall / x["round_s"], 3),
                            "replies": x["replies"]})
-    return {"clients": n, "per_round": PER_ROUND, "settings": cfg, "wall_s": round(wall, 1),
+    return {"clients": n, "virtual": virtual, "supernodes": PER_ROUND if virtual else n, "task": task,
+            "per_round": PER_ROUND, "settings": cfg, "wall_s": round(wall, 1),
             "peak_rss_mb": {k: round(v) for k, v in sampler.peak.items()}, "rounds": rounds_out,
-            "machine": machine(), "command": ".venv/bin/python -m benchmarks.scale"}
+            "machine": machine(),
+            "command": f".venv/bin/python -m benchmarks.scale --clients {n}{' --virtual' if virtual else ''}"
+                       f"{'' if task == BASE['task'] else ' --task ' + task}"}
 
 
 def summary(r: dict) -> dict:
@@ -97,13 +109,16 @@ def summary(r: dict) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| clients N | sampled per round | round 1 s | round s (median of later rounds) | clients' training, "
-            "wall s | framework overhead | aggregation s | peak RSS driver MB | peak RSS workers MB | "
-            "peak RSS Flower+Ray services MB | whole run s |", "|---" * 11 + "|"]
+    rows = ["| clients N | SuperNodes | task | sampled per round | round 1 s | round s (median of later rounds) | "
+            "clients' training, wall s | framework overhead | aggregation s | peak RSS driver MB | "
+            "peak RSS workers MB | peak RSS Flower+Ray services MB | whole run s |", "|---" * 13 + "|"]
     for r in results:
         s = summary(r)
         p = r["peak_rss_mb"]
-        rows.append(f"| {r['clients']} | {r['per_round']} | {s['first_round_s']:.1f} | {s['round_s']:.1f} | "
+        virtual = r.get("virtual", False)
+        rows.append(f"| {r['clients']:,}{' virtual' if virtual else ''} | {r.get('supernodes', r['clients']):,} | "
+                    f"{r.get('task', BASE['task']).upper()} | {r['per_round']} | {s['first_round_s']:.1f} | "
+                    f"{s['round_s']:.1f} | "
                     f"{s['train_wall_s']:.1f} | {100 * s['overhead_share']:.0f} % | {s['aggregate_s']:.3f} | "
                     f"{p['driver']:,} | {p['workers']:,} | {p['flower+ray services']:,} | {r['wall_s']:.0f} |")
     return "\n".join(rows)
@@ -115,21 +130,25 @@ def plot(results: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = [r["clients"] for r in results]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("round_s", "round"), ("train_wall_s", "clients' training (wall)"),
-                       ("aggregate_s", "aggregation")):
-        a.plot(ns, [summary(r)[key] for r in results], marker="o", label=label)
+    for virtual, style in ((False, "-"), (True, "--")):
+        runs = [r for r in results if r.get("virtual", False) == virtual]
+        if not runs:
+            continue
+        ns, tag = [r["clients"] for r in runs], " (virtual)" if virtual else ""
+        for key, label in (("round_s", "round"), ("train_wall_s", "clients' training (wall)"),
+                           ("aggregate_s", "aggregation")):
+            a.plot(ns, [summary(r)[key] for r in runs], style, marker="o", label=label + tag)
+        for kind in ("driver", "workers", "flower+ray services"):
+            b.plot(ns, [r["peak_rss_mb"][kind] for r in runs], style, marker="o", label=kind + tag)
     a.set_xscale("log")
     a.set_xlabel("clients N (10 per round)")
     a.set_ylabel("seconds per round (median)")
-    a.legend(fontsize=8)
-    for kind in ("driver", "workers", "flower+ray services"):
-        b.plot(ns, [r["peak_rss_mb"][kind] for r in results], marker="o", label=kind)
+    a.legend(fontsize=7)
     b.set_xscale("log")
     b.set_xlabel("clients N")
     b.set_ylabel("peak RSS, MB")
-    b.legend(fontsize=8)
+    b.legend(fontsize=7)
     fig.suptitle("Ray simulation, MiniLM + FedTT, SST-2")
     return save_figure(fig, OUT / "scale.png")
 
@@ -138,18 +157,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="10,100,1000")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--virtual", action="store_true", help=f"{PER_ROUND} SuperNodes serve the N clients "
+                    "(virtual-clients = N) instead of one SuperNode per client")
+    ap.add_argument("--task", default=BASE["task"], help="a GLUE task with at least N training rows (SST-2 has "
+                    "67,349; QQP 363,846)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.report:
         for n in (int(x) for x in args.clients.split(",")):
-            path = OUT / f"n{n}.json"
+            path = OUT / f"{cell_name(n, args.virtual, args.task)}.json"
             if path.exists():
-                print(f"skip N={n}: done", flush=True)
+                print(f"skip {path.stem}: done", flush=True)
                 continue
-            print(f"[scale] N={n}", flush=True)
-            path.write_text(json.dumps(run(n, args.rounds), indent=1))
-    results = sorted((json.loads(p.read_text()) for p in OUT.glob("n*.json")), key=lambda r: r["clients"])
+            print(f"[scale] {path.stem}", flush=True)
+            path.write_text(json.dumps(run(n, args.rounds, args.virtual, args.task), indent=1))
+    results = sorted((json.loads(p.read_text()) for p in OUT.glob("[nv]*.json")),
+                     key=lambda r: (r["clients"], r.get("virtual", False), r.get("task", "")))
     if not results:
         raise SystemExit("no results yet")
     plot(results)

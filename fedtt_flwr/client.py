@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from strategies.protocol import receive_global, reply_content, round_trainable
+from strategies.virtual import PARTITION_KEY
 
 from .adapters import get_adapter_state, set_adapter_state
 from .config import RunConfig, model_key, node_rank
@@ -154,6 +155,18 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
     return cfg, int(nc["partition-id"]), num
 
 
+def message_partition(msg: Message, cfg: RunConfig, pid: int, num: int) -> tuple[int, int]:
+    """The partition a training message is for: this node's own, or under ``virtual-clients`` the one the server
+    names (checked: it crossed the network)."""
+    if not cfg.virtual_clients:
+        return pid, num
+    named = msg.content["config"].get(PARTITION_KEY) if "config" in msg.content else None
+    if isinstance(named, bool) or not isinstance(named, int) or not 0 <= named < cfg.virtual_clients:
+        raise ValueError(f"virtual-clients = {cfg.virtual_clients}: the server's message names partition {named!r} "
+                         f"({PARTITION_KEY}), not one of 0..{cfg.virtual_clients - 1}")
+    return named, cfg.virtual_clients
+
+
 def _load_round_state(msg: Message, context: Context, cfg: RunConfig, sess: Session) -> None:
     """The global tensors of this message (and the node's copy of the frozen ones), and a personalised method's
     local tensors: this node's own from its Context state, or as built in its first round."""
@@ -181,6 +194,7 @@ def _save_local(context: Context, sess: Session) -> None:
 def train(msg: Message, context: Context) -> Message:
     """Train the round's tensors for ``local-steps`` optimizer steps; reply with exactly those tensors."""
     cfg, pid, num = node_partition(context)
+    pid, num = message_partition(msg, cfg, pid, num)
     sess = session(cfg)
     data = client_data(cfg, pid, num, "train")
     if len(data) == 0:

@@ -165,6 +165,14 @@ class RunConfig(BaseModel):
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(0.0, ge=0, le=1)
     min_clients: int = Field(2, ge=1, description="fewest clients a round waits for")
+    virtual_clients: int = Field(0, ge=0, description="simulation at cross-device scale (10^4 clients and more): N > 0 "
+                                                      "clients (partitions of the data) served by the federation's "
+                                                      "few SuperNodes; each round the server samples "
+                                                      "max(fraction-train x N, min-clients) of them and each sampled "
+                                                      "SuperNode trains the one it is named (strategies.virtual). "
+                                                      "Clients keep no state: not with dp, a personalised method or "
+                                                      "node-ranks; wire error feedback off. 0: one client per "
+                                                      "SuperNode")
     min_replies: int = Field(1, ge=1, description="fewer usable replies than this: the round is skipped")
     allow_node_errors: bool = Field(False, description="a run in which some node failed in every round ends "
                                                       "failed (non-zero exit) unless this is true")
@@ -322,6 +330,28 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _virtual_clients_are_stateless(self) -> RunConfig:
+        if not self.virtual_clients:
+            return self
+        from .methods.registry import get_method
+
+        why = ("dp (each client's privacy accountant lives on its node)" if self.dp != "off" else
+               f"method {self.method} (each client's personal tensors live on its node)"
+               if get_method(self.method).personal else
+               "node-ranks (a rank per node, not per client)" if self.node_ranks else "")
+        if why:
+            raise ValueError(f"virtual-clients = {self.virtual_clients}: a SuperNode serves another client each round, "
+                             f"so clients keep no state; not with {why}")
+        if self.clients_per_round > self.virtual_clients:
+            raise ValueError(f"virtual-clients = {self.virtual_clients} is fewer than min-clients = {self.min_clients}")
+        return self
+
+    @property
+    def clients_per_round(self) -> int:
+        """Under virtual clients, the clients sampled each round (as FedAvg counts fraction-train of the nodes)."""
+        return max(int(self.fraction_train * self.virtual_clients), self.min_clients)
+
+    @model_validator(mode="after")
     def _lossy_wire_is_packed(self) -> RunConfig:
         if self.wire_precision != "float32" and not self.pack_arrays:
             raise ValueError(f"wire-precision {self.wire_precision} applies to packed messages: set pack-arrays = true")
@@ -400,7 +430,8 @@ TRAINING_KEYS = frozenset({
     "hub_dev_split", "text_columns", "label_column", "metrics", "partition_column", "bad_rows",
     "schedule", "schedule_middle", "sync", "tt_average", "node_ranks", "pack_arrays", "wire_precision",
     "wire_block", "wire_feedback", "num_server_rounds",
-    "fraction_train", "fraction_evaluate", "min_clients", "min_replies", "allow_node_errors", "max_examples",
+    "fraction_train", "fraction_evaluate", "min_clients", "virtual_clients", "min_replies", "allow_node_errors",
+    "max_examples",
     "round_timeout",
     "server_opt", "server_lr", "server_momentum", "proximal_mu", "trim_beta", "partition", "alpha",
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",

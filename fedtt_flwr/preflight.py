@@ -111,10 +111,19 @@ def check_clients(cfg: RunConfig, num_clients: int | None, train=None) -> None:
     rows, more classes per client than there are, one client per value of a column), before anything starts."""
     from .data import PartitionSpec, load_partition, load_split, partitioner_for
 
+    if cfg.virtual_clients:
+        if num_clients and num_clients < cfg.clients_per_round:
+            raise ValueError(f"virtual-clients = {cfg.virtual_clients}: a round samples {cfg.clients_per_round} "
+                             "clients (max(fraction-train x N, min-clients)), one per SuperNode; start at least "
+                             f"{cfg.clients_per_round} SuperNodes (--num-clients), not {num_clients}")
+        num_clients = cfg.virtual_clients
     if not num_clients or num_clients < 2:
         return
     task = task_of(cfg)
     train = train if train is not None else load_split(task, "train", cfg.data_dir or None)
+    if cfg.virtual_clients and len(train) < num_clients:
+        raise ValueError(f"virtual-clients = {num_clients}: the training split has {len(train):,} rows, so some "
+                         "clients would have none; use fewer clients or more data")
     if cfg.partition == "column":
         values = sorted(set(train["group"]))
         if len(values) != num_clients:

@@ -39,6 +39,7 @@ from strategies import FastFedAvg, FedAlternating, FedTT, FedTTPlus, make_schedu
 from strategies.hetero import FedTTHetero
 from strategies.precision import WireFormat
 from strategies.residual import FedLoRAResidual
+from strategies.virtual import VirtualClients
 
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
@@ -56,9 +57,11 @@ disable_progress_bar()
 def inner_strategy(cfg: RunConfig, fraction_evaluate: float | None = None) -> Strategy:
     """The Flower strategy that averages the adapter tensors (``fraction_evaluate``: the resolved one)."""
     evaluate = cfg.fraction_evaluate if fraction_evaluate is None else fraction_evaluate
-    common = dict(fraction_train=cfg.fraction_train, fraction_evaluate=evaluate,
-                  min_train_nodes=cfg.min_clients, min_evaluate_nodes=cfg.min_clients if evaluate else 0,
-                  min_available_nodes=cfg.min_clients)
+    # virtual clients: every SuperNode is sampled and FedTT keeps as many as the round's clients
+    train, least = (1.0, cfg.clients_per_round) if cfg.virtual_clients else (cfg.fraction_train, cfg.min_clients)
+    common = dict(fraction_train=train, fraction_evaluate=evaluate,
+                  min_train_nodes=least, min_evaluate_nodes=cfg.min_clients if evaluate else 0,
+                  min_available_nodes=least)
     opt = cfg.server_opt
     if opt == "fedavg":
         return FastFedAvg(**common)  # FedAvg's arithmetic, bit for bit, without np.load per array
@@ -95,6 +98,8 @@ def build_strategy(cfg: RunConfig, travelling: list[str], resolved: Resolved | N
     else:
         strategy = FedTT(inner, include=travelling, pack=cfg.pack_arrays, average=cfg.tt_average)
     strategy.wire = WireFormat(cfg.wire_precision, cfg.wire_block)
+    if cfg.virtual_clients:
+        strategy.virtual = VirtualClients(cfg.virtual_clients, cfg.clients_per_round, cfg.seed)
     strategy.min_replies = cfg.min_replies
     strategy.max_examples = cfg.max_examples
     return strategy

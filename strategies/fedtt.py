@@ -59,6 +59,7 @@ from .validation import (
     common_keys_only,
     expected_of,
 )
+from .virtual import PARTITION_KEY, VirtualClients
 from .wire import LAYOUT_PREFIX, PACKED, format_layout, layout_digest
 
 #: Names of the tensors that travel by default: TT cores, everything inside an adapter, and common
@@ -184,6 +185,8 @@ class FedTT(Strategy):
         self.max_examples = max_examples
         self.max_abs = max_abs
         self.wire = wire
+        #: N clients served by a few SuperNodes (strategies.virtual); None: each SuperNode is one client
+        self.virtual: VirtualClients | None = None
         self._bases: dict[tuple, np.ndarray] = {}
         self._train_gate, self._evaluate_gate = ReplyGate(), ReplyGate()
         self._server_round = 0
@@ -250,15 +253,20 @@ class FedTT(Strategy):
         return [n for n in names if have.get(n) != self._version[n]]
 
     def _finalise(
-        self, messages: Iterable[Message], server_round: int, send: list[str], frozen: list[str]
+        self, messages: Iterable[Message], server_round: int, send: list[str], frozen: list[str],
+        partitions: list[int] | None = None,
     ) -> list[Message]:
-        """Put the tensors to send under the arrays key, attach per-node sync records, remember what
-        each node was sent, and count bytes down."""
+        """Put the tensors to send under the arrays key, attach per-node sync records (and, with virtual clients,
+        the partition each message trains), remember what each node was sent, and count bytes down."""
         out = []
         stats = self._round(server_round)
-        for msg in messages:
+        for i, msg in enumerate(messages):
             node = msg.metadata.dst_node_id
             content = RecordDict(dict(msg.content.items()))  # inner strategies share one RecordDict
+            if partitions is not None:
+                key = self.inner_config_key
+                content[key] = ConfigRecord({**content.get(key, {}),
+                                             PARTITION_KEY: partitions[i]})
             content[self.arrays_key] = self._node_record(node, _subset(self._global, send))
             sync = self._sync_for(node, frozen)
             if sync:
@@ -290,8 +298,9 @@ class FedTT(Strategy):
     @property
     def wire_feedback(self) -> bool:
         """Whether nodes may keep an error-feedback residual per tensor: not where the server rebuilds the cores by
-        TT-SVD each round (``average="matrices"``: another gauge, the residual would land on other values)."""
-        return self.average == "cores"
+        TT-SVD each round (``average="matrices"``: another gauge, the residual would land on other values), and not
+        with virtual clients (a SuperNode serves another client each round)."""
+        return self.average == "cores" and self.virtual is None
 
     @property
     def inner_config_key(self) -> str:
@@ -435,8 +444,12 @@ class FedTT(Strategy):
             # FedAvgM keeps its own copy after round 1; it must step from the model the clients were sent (FedTT+
             # restores frozen cores, a skipped round keeps the old global)
             self.inner.current_arrays = sent
-        messages = self.inner.configure_train(server_round, sent, config, grid)
-        messages = self._finalise(messages, server_round, train, frozen)
+        messages = list(self.inner.configure_train(server_round, sent, config, grid))
+        partitions = None
+        if self.virtual is not None:  # the sampled SuperNodes serve this round's sampled clients
+            partitions = self.virtual.sample(server_round, len(messages))
+            messages = messages[:len(partitions)]
+        messages = self._finalise(messages, server_round, train, frozen, partitions)
         self._train_gate.open(m.metadata.dst_node_id for m in messages)
         stats["clients"] = len(messages)
         return messages

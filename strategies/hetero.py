@@ -103,14 +103,14 @@ class NodeRanks:
         self._tailored, self._sent, self._grid = {}, {}, grid
 
     def _finalise(self, messages: Iterable[Message], server_round: int, send: list[str],
-                  frozen: list[str]) -> list[Message]:
+                  frozen: list[str], partitions: list[int] | None = None) -> list[Message]:
         """Ask the nodes the inner strategy sampled (after it waited for enough of them) for any rank not known
         yet; a node that does not answer sits this round out."""
         messages = list(messages)
         if self.per_node:
             self.learn_ranks(self._grid, [m.metadata.dst_node_id for m in messages])
             messages = [m for m in messages if m.metadata.dst_node_id in self.node_rank]
-        return super()._finalise(messages, server_round, send, frozen)
+        return super()._finalise(messages, server_round, send, frozen, partitions)
 
     def _mark_synced(self, replies: list[Message]) -> None:
         super()._mark_synced(replies)
