@@ -13,7 +13,7 @@ first ``EVAL_EXAMPLES`` dev rows (shuffled over the families) every 2 rounds.
 
     HF_HUB_OFFLINE=1 nohup .venv/bin/python -m benchmarks.instruct --mix /abs/mix > instruct.log 2>&1 &
     .venv/bin/python -m benchmarks.instruct --list
-    .venv/bin/python -m benchmarks.instruct --report
+    .venv/bin/python -m benchmarks.instruct --report   # --refresh: re-read the results from the run folders
 """
 
 from __future__ import annotations
@@ -64,16 +64,24 @@ def run_cell(cell: str, seed: int, mix: Path) -> dict:
     folder = RUNS / name
     if code != 0 or not (folder / "summary.json").exists():
         raise SystemExit(f"[instruct] {name}: the run failed (exit {code}); its log is above, its folder {folder}")
+    return {"cell": cell, "seed": seed, "run_config": cfg, **summarize(folder),
+            "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(cmd)}
+
+
+def summarize(folder: Path) -> dict:
+    """A finished run's curve (exact match and perplexity against cumulative uplink MB), bytes, round 0 (the
+    adapters as initialised: LoRA's are the identity, TT's LoRETTA init is not) and the base model's zero-shot."""
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "exact_match" in x]
-    return {"cell": cell, "seed": seed, "run_config": cfg, "clients": CLIENTS,
+    return {"clients": CLIENTS,
             "trainable_params": json.loads((folder / "config.json").read_text())["travelling_params"],
             "bytes_up_per_round": [x["bytes_up"] for x in lines[1:]],
             "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, "exact_match": x["exact_match"],
                        "perplexity": x.get("perplexity")} for x in evals],
             "final": {"exact_match": evals[-1]["exact_match"], "perplexity": evals[-1].get("perplexity")},
-            "zero_shot": {"exact_match": evals[0]["exact_match"], "perplexity": evals[0].get("perplexity")},
-            "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(cmd)}
+            "round0": {"exact_match": evals[0]["exact_match"], "perplexity": evals[0].get("perplexity")},
+            "zero_shot": {"exact_match": lines[0]["zero_shot_exact_match"],
+                          "perplexity": lines[0].get("zero_shot_perplexity")}}
 
 
 def main() -> None:
@@ -84,7 +92,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--refresh", action="store_true", help="re-read each finished cell's numbers from its run folder")
     args = ap.parse_args()
+    if args.refresh:
+        for path in OUT.glob("*.json"):
+            result = json.loads(path.read_text())
+            path.write_text(json.dumps({**result, **summarize(RUNS / path.stem)}, indent=1))
     OUT.mkdir(parents=True, exist_ok=True)
     todo = [(c, int(s)) for s in args.seeds.split(",") for c in CELLS
             if not args.only or c in args.only.split(",")]
@@ -114,16 +127,19 @@ def report() -> None:
         return
     loras = [r for r in results if r["cell"].startswith("lora")]
     best = max((r["final"]["exact_match"] for r in loras), default=None)
-    rows = ["| method | seed | zero-shot EM | final EM | final perplexity | uplink MB / round (5 clients) "
-            "| uplink MB total | MB to the better LoRA's final - 1 pt | wall |", "|---" * 9 + "|"]
+    rows = ["| method | seed | round 0 EM (adapters as initialised) | final EM | final perplexity "
+            "| uplink MB / round (5 clients) | uplink MB total | MB to the better LoRA's final - 1 pt | wall |",
+            "|---" * 9 + "|"]
     for r in sorted(results, key=lambda r: (r["seed"], list(CELLS).index(r["cell"]))):
         hit = None if best is None else next((p["mb_up"] for p in r["curve"] if p["exact_match"] >= best - 0.01), None)
         to_level = "" if best is None else (f"{hit:.2f}" if hit is not None else "not reached")
         per_round = sum(r["bytes_up_per_round"]) / max(len(r["bytes_up_per_round"]), 1) / 1e6
-        rows.append(f"| {r['cell']} | {r['seed']} | {100 * r['zero_shot']['exact_match']:.1f} | "
+        rows.append(f"| {r['cell']} | {r['seed']} | {100 * r['round0']['exact_match']:.1f} | "
                     f"{100 * r['final']['exact_match']:.1f} | {r['final']['perplexity']:.2f} | {per_round:.3f} | "
                     f"{r['curve'][-1]['mb_up']:.2f} | {to_level} | {r['wall_s'] / 60:.0f} min |")
-    table = "\n".join(rows)
+    zero = {f"{100 * r['zero_shot']['exact_match']:.1f} % (perplexity {r['zero_shot']['perplexity']:.2f})"
+            for r in results}
+    table = "\n".join(rows) + f"\n\nThe base model without adapters (zero-shot), same rows: {', '.join(sorted(zero))}."
     (OUT / "table.md").write_text(table + "\n")
     _plot(results)
     publish(DOC, {"instruct": table})

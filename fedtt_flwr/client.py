@@ -38,7 +38,7 @@ from .models import pick_device
 from .privacy import check_budget, dp_train_steps, settings_for
 from .readers import expand
 from .tasks import TaskSpec, task_of
-from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize_cached, train_steps
+from .train import cycle, label_prior_shift, make_loader, make_optimizer, tokenize, tokenize_cached, train_steps
 from .train import evaluate as evaluate_model
 
 disable_progress_bar()  # one bar per client and round drowns the run log
@@ -104,10 +104,21 @@ def _partitioner(task: TaskSpec, data_dir: str, split: str, spec: PartitionSpec)
     return partitioner_for(_task_data(task, data_dir, split), spec, task)
 
 
-@functools.lru_cache(maxsize=64)
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str) -> Dataset:
-    """This client's tokenized share: its partition of train (by the run's partitioning) or its IID
-    shard of dev (for federated evaluation). Cached per process."""
+    """This client's tokenized share: its partition of train (by the run's partitioning) or its IID shard of dev
+    (for federated evaluation). Cached per process, except a virtual client's training partition: another client
+    each call, rarely seen again, so neither the memory nor the on-disk token cache would be read back."""
+    if split == "train" and cfg.virtual_clients:
+        return _share(cfg, partition_id, num_partitions, split, tokenize)
+    return _cached_share(cfg, partition_id, num_partitions, split)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_share(cfg: RunConfig, partition_id: int, num_partitions: int, split: str) -> Dataset:
+    return _share(cfg, partition_id, num_partitions, split, tokenize_cached)
+
+
+def _share(cfg: RunConfig, partition_id: int, num_partitions: int, split: str, tokenizing) -> Dataset:
     if split == "train" and num_partitions > 1:
         spec = PartitionSpec(cfg.partition, num_partitions, cfg.alpha, cfg.classes_per_client, cfg.seed)
     else:
@@ -116,7 +127,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     part = load_partition(_partitioner(task_of(cfg), cfg.data_dir, split, spec), spec, partition_id)
     if split == "dev" and cfg.eval_examples:  # this node's share of the evaluated rows
         part = part.select(range(min(len(part), -(-cfg.eval_examples // num_partitions))))
-    return tokenize_cached(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
+    return tokenizing(part, session(cfg).tokenizer, cfg.max_length, prompt_task(cfg))
 
 
 def node_partition(context: Context) -> tuple[RunConfig, int, int]:
@@ -155,11 +166,15 @@ def node_partition(context: Context) -> tuple[RunConfig, int, int]:
     return cfg, int(nc["partition-id"]), num
 
 
-def message_partition(msg: Message, cfg: RunConfig, pid: int, num: int) -> tuple[int, int]:
+def message_partition(msg: Message, context: Context, cfg: RunConfig, pid: int, num: int) -> tuple[int, int]:
     """The partition a training message is for: this node's own, or under ``virtual-clients`` the one the server
     names (checked: it crossed the network)."""
     if not cfg.virtual_clients:
         return pid, num
+    if "partition-id" not in context.node_config:
+        raise ValueError(f"virtual-clients = {cfg.virtual_clients} partitions a shared data folder in a simulation; "
+                         "this node trains its own data (its node config has no partition-id): set "
+                         "virtual-clients = 0")
     named = msg.content["config"].get(PARTITION_KEY) if "config" in msg.content else None
     if isinstance(named, bool) or not isinstance(named, int) or not 0 <= named < cfg.virtual_clients:
         raise ValueError(f"virtual-clients = {cfg.virtual_clients}: the server's message names partition {named!r} "
@@ -194,7 +209,7 @@ def _save_local(context: Context, sess: Session) -> None:
 def train(msg: Message, context: Context) -> Message:
     """Train the round's tensors for ``local-steps`` optimizer steps; reply with exactly those tensors."""
     cfg, pid, num = node_partition(context)
-    pid, num = message_partition(msg, cfg, pid, num)
+    pid, num = message_partition(msg, context, cfg, pid, num)
     sess = session(cfg)
     data = client_data(cfg, pid, num, "train")
     if len(data) == 0:

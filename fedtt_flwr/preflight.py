@@ -127,9 +127,10 @@ def check_clients(cfg: RunConfig, num_clients: int | None, train=None) -> None:
     if cfg.partition == "column":
         values = sorted(set(train["group"]))
         if len(values) != num_clients:
+            how = "virtual-clients =" if cfg.virtual_clients else "--num-clients"
             raise ValueError(f"partition = 'column': partition-column {cfg.partition_column!r} has {len(values)} "
                              f"values ({', '.join(values[:8])}{', ...' if len(values) > 8 else ''}); run with "
-                             f"{len(values)} clients (--num-clients {len(values)}), not {num_clients}")
+                             f"{len(values)} clients ({how} {len(values)}), not {num_clients}")
         return
     spec = PartitionSpec(cfg.partition, num_clients, cfg.alpha, cfg.classes_per_client, cfg.seed)
     load_partition(partitioner_for(train, spec, task), spec, 0)
@@ -138,9 +139,10 @@ def check_clients(cfg: RunConfig, num_clients: int | None, train=None) -> None:
 def check_aggregation(cfg: RunConfig, num_clients: int | None) -> None:
     """FedTrimmedAvg trims ``int(trim-beta * replies)`` from each end: with the round's expected replies that
     may be none, and the run would silently be FedAvg."""
-    if cfg.server_opt != "fedtrimmedavg" or not num_clients:
+    if cfg.server_opt != "fedtrimmedavg" or not (num_clients or cfg.virtual_clients):
         return
-    sampled = max(int(num_clients * cfg.fraction_train), cfg.min_clients)
+    sampled = cfg.clients_per_round if cfg.virtual_clients else max(int(num_clients * cfg.fraction_train),
+                                                                     cfg.min_clients)
     if int(cfg.trim_beta * sampled) == 0:
         raise ValueError(f"server-opt = 'fedtrimmedavg' with trim-beta = {cfg.trim_beta} trims nothing from the "
                          f"{sampled} replies a round expects (it cuts int(trim-beta * replies) from each end): raise "
@@ -161,6 +163,9 @@ def preflight(cfg: RunConfig, num_clients: int | None = None, on_this_machine: b
     apps run elsewhere, e.g. ``deploy run`` from a laptop): only the checks that do not depend on the machine."""
     check_privacy(cfg)
     if not on_this_machine:
+        if cfg.virtual_clients:
+            raise ValueError(f"virtual-clients = {cfg.virtual_clients} is for simulations (`fedtt-flwr simulate`): "
+                             "a deployed SuperNode trains its own data; set virtual-clients = 0")
         check_aggregation(cfg, num_clients)
         check_labels(cfg)
         return None

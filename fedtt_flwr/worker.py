@@ -341,7 +341,7 @@ class Worker:
         context = context_from_proto(ProtoContext.FromString(ctx_bytes))
         self.log(f"{kind} for run {context.run_id}, node {context.node_id}")
         if context.run_id != self.run_id:  # a node's files may have changed since the last run: read them again
-            for cached in (client._task_data, client._partitioner, client.client_data):
+            for cached in (client._task_data, client._partitioner, client._cached_share):
                 cached.cache_clear()
             self.run_id = context.run_id
         reply = (client.train if kind == "train" else client.evaluate)(msg, context)
