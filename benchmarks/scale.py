@@ -7,7 +7,7 @@ RSS of the simulation driver (ServerApp + Ray driver), of the Ray workers (Clien
 (SuperLink, raylet, GCS), sampled every 0.5 s. One JSON per N in results/scale/ (a rerun skips finished N),
 a plot of these against N, and the table of docs/performance.md.
 
-    .venv/bin/python -m benchmarks.scale [--clients 10,100,1000] [--rounds 3] [--virtual] [--task qqp] [--report]
+    .venv/bin/python -m benchmarks.scale [--clients 10,100,1000] [--rounds 3] [--virtual] [--repeat 2] [--report]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,20 +62,72 @@ class RssSampler(threading.Thread):
             self.halt.wait(0.5)
 
 
-def cell_name(n: int, virtual: bool, task: str) -> str:
-    return f"{'v' if virtual else 'n'}{n}{'' if task == BASE['task'] else '-' + task}"
+class Profiler(threading.Thread):
+    """py-spy (``pip install py-spy``) on the simulation driver (``flwr-simulation``: the ServerApp, Flower's
+    delivery loop and the Ray driver share its GIL) for ``seconds``, from when it appears: collapsed stacks of
+    the threads holding the GIL, to ``path``."""
+
+    def __init__(self, seconds: int, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.seconds, self.path = seconds, path
+
+    def run(self) -> None:
+        for _ in range(600):
+            out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+            pids = [line.split()[0] for line in out.splitlines() if "flwr-simulation" in line and "ps -eo" not in line]
+            if pids:
+                subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--nonblocking",
+                                "-d", str(self.seconds), "-f", "raw", "-o", str(self.path), "-p", pids[0]],
+                               capture_output=True)
+                return
+            time.sleep(0.5)
 
 
-def run(n: int, rounds: int, virtual: bool = False, task: str = BASE["task"]) -> dict:
-    """One simulation: N SuperNodes, or (``virtual``) ``PER_ROUND`` SuperNodes serving N virtual clients."""
-    name = cell_name(n, virtual, task)
-    cfg = {**BASE, "task": task, "num-server-rounds": rounds, "fraction-train": PER_ROUND / n, "run-name": name,
+def top_frames(path: Path, n: int = 12) -> list[tuple[str, float]]:
+    """The functions in the most GIL-holding samples (inclusive share), from py-spy's collapsed stacks."""
+    total, counts = 0, {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        for frame in set(stack.split(";")) - {""}:
+            if "threading.py" not in frame:  # every thread's bootstrap frames: in every sample
+                counts[frame] = counts.get(frame, 0) + int(count)
+    return [(frame, c / total) for frame, c in sorted(counts.items(), key=lambda x: -x[1])[:n]]
+
+
+def cell_name(n: int, virtual: bool, repeat: int) -> str:
+    return f"{'v' if virtual else 'n'}{n}{'' if repeat == 1 else f'-x{repeat}'}"
+
+
+def repeated_sst2(repeat: int) -> dict:
+    """SST-2's training sentences ``repeat`` times as a custom task (the data folder has no task with 10^5 rows;
+    what is measured here is the framework, not accuracy), written under benchmarks/out/scale/, never committed."""
+    folder = RUNS / f"sst2-x{repeat}"
+    source = default_data_dir().resolve() / "glue" / "SST-2"
+    if not (folder / "train.tsv").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        header, *rows = (source / "train.tsv").read_text().splitlines()
+        (folder / "train.tsv").write_text("\n".join([header, *rows * repeat]) + "\n")
+    return {"task": "custom", "train-file": str(folder / "train.tsv"), "dev-file": str(source / "dev.tsv"),
+            "text-columns": "sentence", "label-column": "label", "labels": "0,1"}
+
+
+def run(n: int, rounds: int, virtual: bool = False, repeat: int = 1, profile: int = 0) -> dict:
+    """One simulation: N SuperNodes, or (``virtual``) ``PER_ROUND`` SuperNodes serving N virtual clients;
+    ``profile``: that many seconds of py-spy on the driver."""
+    name = cell_name(n, virtual, repeat)
+    cfg = {**BASE, "num-server-rounds": rounds, "fraction-train": PER_ROUND / n, "run-name": name,
            "output-dir": str(RUNS), "data-dir": str(default_data_dir().resolve())}
+    if repeat > 1:
+        cfg.update(repeated_sst2(repeat))
     if virtual:
         cfg["virtual-clients"] = n
     shutil.rmtree(RUNS / name, ignore_errors=True)  # an interrupted run starts over (a run folder is never shared)
     sampler = RssSampler()
     sampler.start()
+    profiler = Profiler(profile, OUT / f"{name}-profile.txt") if profile else None
+    if profiler:
+        profiler.start()
     t0 = time.perf_counter()
     code = simulate(num_supernodes=PER_ROUND if virtual else n, run_config=cfg, cpus_per_client=1, stream=False,
                     timeout=3 * 3600)
@@ -93,12 +146,17 @@ def run(n: int, rounds: int, virtual: bool = False, task: str = BASE["task"]) ->
                            "train_wall_s": round(train_wall, 2),
                            "overhead_share": round(1 - train_wall / x["round_s"], 3),
                            "replies": x["replies"]})
-    return {"clients": n, "virtual": virtual, "supernodes": PER_ROUND if virtual else n, "task": task,
+    if profiler:
+        profiler.join(timeout=60)
+    frames = top_frames(OUT / f"{name}-profile.txt") if profiler and (OUT / f"{name}-profile.txt").exists() else []
+    return {"clients": n, "virtual": virtual, "supernodes": PER_ROUND if virtual else n,
+            "driver_profile": [[f, round(share, 3)] for f, share in frames],
+            "data": "SST-2" if repeat == 1 else f"SST-2 x{repeat}",
             "per_round": PER_ROUND, "settings": cfg, "wall_s": round(wall, 1),
             "peak_rss_mb": {k: round(v) for k, v in sampler.peak.items()}, "rounds": rounds_out,
             "machine": machine(),
             "command": f".venv/bin/python -m benchmarks.scale --clients {n}{' --virtual' if virtual else ''}"
-                       f"{'' if task == BASE['task'] else ' --task ' + task}"}
+                       f"{'' if repeat == 1 else f' --repeat {repeat}'}"}
 
 
 def summary(r: dict) -> dict:
@@ -109,7 +167,7 @@ def summary(r: dict) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| clients N | SuperNodes | task | sampled per round | round 1 s | round s (median of later rounds) | "
+    rows = ["| clients N | SuperNodes | data | sampled per round | round 1 s | round s (median of later rounds) | "
             "clients' training, wall s | framework overhead | aggregation s | peak RSS driver MB | "
             "peak RSS workers MB | peak RSS Flower+Ray services MB | whole run s |", "|---" * 13 + "|"]
     for r in results:
@@ -117,7 +175,7 @@ def table(results: list[dict]) -> str:
         p = r["peak_rss_mb"]
         virtual = r.get("virtual", False)
         rows.append(f"| {r['clients']:,}{' virtual' if virtual else ''} | {r.get('supernodes', r['clients']):,} | "
-                    f"{r.get('task', BASE['task']).upper()} | {r['per_round']} | {s['first_round_s']:.1f} | "
+                    f"{r.get('data', 'SST-2')} | {r['per_round']} | {s['first_round_s']:.1f} | "
                     f"{s['round_s']:.1f} | "
                     f"{s['train_wall_s']:.1f} | {100 * s['overhead_share']:.0f} % | {s['aggregate_s']:.3f} | "
                     f"{p['driver']:,} | {p['workers']:,} | {p['flower+ray services']:,} | {r['wall_s']:.0f} |")
@@ -159,21 +217,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--virtual", action="store_true", help=f"{PER_ROUND} SuperNodes serve the N clients "
                     "(virtual-clients = N) instead of one SuperNode per client")
-    ap.add_argument("--task", default=BASE["task"], help="a GLUE task with at least N training rows (SST-2 has "
-                    "67,349; QQP 363,846)")
+    ap.add_argument("--repeat", type=int, default=1, help="SST-2's 67,349 training sentences this many times "
+                    "(N clients need at least N rows)")
+    ap.add_argument("--profile", type=int, default=0, help="seconds of py-spy on the simulation driver")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.report:
         for n in (int(x) for x in args.clients.split(",")):
-            path = OUT / f"{cell_name(n, args.virtual, args.task)}.json"
+            path = OUT / f"{cell_name(n, args.virtual, args.repeat)}.json"
             if path.exists():
                 print(f"skip {path.stem}: done", flush=True)
                 continue
             print(f"[scale] {path.stem}", flush=True)
-            path.write_text(json.dumps(run(n, args.rounds, args.virtual, args.task), indent=1))
+            path.write_text(json.dumps(run(n, args.rounds, args.virtual, args.repeat, args.profile), indent=1))
     results = sorted((json.loads(p.read_text()) for p in OUT.glob("[nv]*.json")),
-                     key=lambda r: (r["clients"], r.get("virtual", False), r.get("task", "")))
+                     key=lambda r: (r["clients"], r.get("virtual", False)))
     if not results:
         raise SystemExit("no results yet")
     plot(results)

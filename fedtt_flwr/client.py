@@ -221,7 +221,7 @@ def train(msg: Message, context: Context) -> Message:
         params[n].requires_grad_(n in names)
     trainable = [params[n] for n in [*names, *sess.local_init]]
     server_round = int(msg.content["config"].get("server-round", 0))
-    seed = cfg.seed * 1_000_003 + server_round * 1_009 + pid
+    seed = cfg.seed * 1_000_003 + server_round * max(1_009, num) + pid  # distinct per (round, client)
     torch.manual_seed(seed)
     loader = make_loader(data, sess.tokenizer, cfg.batch_size, shuffle=True, seed=seed, prompt_task=prompt_task(cfg))
     optimizer = make_optimizer(trainable, cfg.local_optimizer, cfg.round_lr(server_round), cfg.weight_decay,
