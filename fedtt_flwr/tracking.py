@@ -152,7 +152,7 @@ class Tracking:
     on one MLflow store race to create its tables)."""
 
     def __init__(self, names: list[str], folder: Path, run_name: str, uri: str = "", ids: Path | None = None,
-                 attempts: int = 3) -> None:
+                 attempts: int = 6) -> None:
         self.live: dict[str, object] = {}
         previous = _read_ids(ids)
         for name in names:
@@ -164,7 +164,7 @@ class Tracking:
                     if isinstance(exc, ImportError) or attempt == attempts - 1:
                         self._drop(name, "start", exc)
                         break
-                    time.sleep(0.5 * (attempt + 1))
+                    time.sleep(attempt + 1.0)  # 15 s in all: a loaded machine's schema migration takes seconds
         started = {n: getattr(t, "run_id", None) for n, t in self.live.items()}
         if ids is not None and any(started.values()):
             ids.write_text(json.dumps({**previous, **{n: i for n, i in started.items() if i}}))
