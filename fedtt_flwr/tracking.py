@@ -8,9 +8,11 @@ a warning and dropped for the rest of the run; metrics.jsonl stays the record of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from logging import WARNING
 from pathlib import Path
 
@@ -68,16 +70,40 @@ class TensorBoard:
         self.writer.close()
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``path`` between processes for the duration (none for ``None``, or without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: unlocked
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class MLflow:
     """One MLflow run per federated run, in experiment ``fedtt-flwr``; by default an SQLite store in the tracking
     folder (MLflow's own file store is deprecated), else ``uri`` (``tracker-uri``: a server or database). A resumed
     run goes on in its MLflow run (``previous``); a failed one ends FAILED."""
 
     def __init__(self, folder: Path, run_name: str, uri: str, previous: str | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
         folder.mkdir(parents=True, exist_ok=True)
         self.uri = uri or f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+        # two runs creating one new SQLite store at once both run its schema migration and can leave it unusable
+        # for both: the store's first use is serialised between processes (a server or database needs no lock)
+        with _file_lock(None if uri else folder / "mlflow.lock"):
+            self._start(run_name, previous)
+
+    def _start(self, run_name: str, previous: str | None) -> None:
+        from mlflow.tracking import MlflowClient
+
         self.client = MlflowClient(tracking_uri=self.uri)
         if previous and self._reopen(previous):
             return
@@ -152,7 +178,7 @@ class Tracking:
     on one MLflow store race to create its tables)."""
 
     def __init__(self, names: list[str], folder: Path, run_name: str, uri: str = "", ids: Path | None = None,
-                 attempts: int = 6) -> None:
+                 attempts: int = 4) -> None:
         self.live: dict[str, object] = {}
         previous = _read_ids(ids)
         for name in names:
@@ -164,7 +190,7 @@ class Tracking:
                     if isinstance(exc, ImportError) or attempt == attempts - 1:
                         self._drop(name, "start", exc)
                         break
-                    time.sleep(attempt + 1.0)  # 15 s in all: a loaded machine's schema migration takes seconds
+                    time.sleep(attempt + 1.0)  # 6 s in all
         started = {n: getattr(t, "run_id", None) for n, t in self.live.items()}
         if ids is not None and any(started.values()):
             ids.write_text(json.dumps({**previous, **{n: i for n, i in started.items() if i}}))
