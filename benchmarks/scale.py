@@ -74,7 +74,7 @@ class Profiler(threading.Thread):
     def run(self) -> None:
         for _ in range(600):
             out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-            pids = [line.split()[0] for line in out.splitlines() if "flwr-simulation" in line and "ps -eo" not in line]
+            pids = [line.split()[0] for line in out.splitlines() if "flwr-simulation" in line]
             if pids:
                 subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--nonblocking",
                                 "-d", str(self.seconds), "-f", "raw", "-o", str(self.path), "-p", pids[0]],
