@@ -158,9 +158,23 @@ def _batch_size(batch: dict) -> int:
 
 
 def _chunks(batch: dict, size: int) -> list[dict]:
-    """The batch's rows in pieces of at most ``size`` (every tensor is batch-first)."""
+    """The batch's rows in pieces of at most ``size`` (every tensor is batch-first). Rows go in order of length and
+    each piece drops the padding columns that none of its rows uses, so a piece of short sentences costs what they
+    cost rather than the batch's longest: per-example gradients do not depend on the piece an example is in, nor on
+    trailing padding, so the clipped sum is the same (up to the order of float additions)."""
     n = _batch_size(batch)
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or n <= size:
+        return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+    width = mask.shape[1]
+    order = torch.argsort(mask.sum(1), descending=True, stable=True)
+    pieces = []
+    for i in range(0, n, size):
+        rows = order[i:i + size]
+        used = int(mask[rows].any(0).nonzero().max()) + 1 if bool(mask[rows].any()) else width
+        pieces.append({k: v[rows][:, :used] if v.dim() >= 2 and v.shape[1] == width else v[rows]
+                       for k, v in batch.items()})
+    return pieces
 
 
 def _dp_loss(gsm: nn.Module, batch: dict) -> torch.Tensor:

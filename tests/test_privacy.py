@@ -94,6 +94,38 @@ def test_physical_batches_give_the_same_update_as_whole_poisson_batches(sigma):
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("sigma", [0.0, 0.5])
+def test_pieces_in_order_of_length_without_their_unused_padding_give_the_whole_batchs_update(tiny_model_dir, sigma):
+    """A TT-adapted BERT on sentences of very different lengths, padded to 24 tokens: pieces of 3 sorted by length
+    and cut to their longest row give the same DP update as whole Poisson batches, and the model sees narrower
+    inputs than the padded width (the CPU time a piece costs follows its own sentences)."""
+    from fedtt_flwr.methods import build_model
+
+    def once(physical: int) -> tuple[torch.Tensor, list[int]]:
+        torch.manual_seed(0)
+        model, tok = build_model(RunConfig(model=str(tiny_model_dir), task="sst2", method="fedtt"))
+        for m in model.modules():  # the same network in every pass
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+        widths: list[int] = []
+        model.register_forward_pre_hook(lambda mod, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+        texts = ["good", "a dull boring plot and a weak actor in a long film", "not good at all", "fine",
+                 "the story was fine but the ending dragged on far too long for me"] * 6
+        data = [{**{k: v[0] for k, v in tok(t, padding="max_length", max_length=24, return_tensors="pt").items()},
+                 "labels": torch.tensor(i % 2)} for i, t in enumerate(texts)]
+        params = [p for p in model.parameters() if p.requires_grad]
+        before = torch.cat([p.detach().flatten().clone() for p in params])
+        dp_train_steps(model, torch.utils.data.DataLoader(data, batch_size=10), torch.optim.SGD(params, lr=0.5), 3,
+                       torch.device("cpu"), DPSettings(sigma, 0.05, 1e-5, 0.0, physical), seed=2)
+        return torch.cat([p.detach().flatten() for p in params]) - before, widths
+
+    whole, wide = once(0)
+    pieces, narrow = once(3)
+    assert set(wide) == {24} and min(narrow) < 8 and max(narrow) < 24
+    assert whole.abs().max() > 0
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-6)
+
+
 def test_memory_stays_flat_the_model_never_sees_more_than_a_physical_batch():
     """The expected batch is 16 (Poisson draws of ~10-25); every forward pass takes at most 4 examples."""
     sizes: list[int] = []

@@ -122,6 +122,7 @@ def test_a_worker_dying_mid_request_is_a_clear_error(tmp_path, tiny_model_dir, t
             return client_app(msg, ctx)
         except Exception as exc:
             errors.append(str(exc))
+            thread.join(10)  # the crash closes this connection before the listener is gone: let it finish dying
             raise
 
     with pytest.raises(RuntimeError, match="no round trained"):  # the run ends, keeping its folder
