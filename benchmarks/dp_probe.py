@@ -3,7 +3,7 @@
 The client a 3-client IID federation of SST-2 would have (partition 0 of 3, ~22k sentences), MiniLM with the
 method's adapters, DP-SGD with the noise planned for ``--steps`` steps at ``--eps`` (delta 1e-5, as the run
 config plans it); dev accuracy every ``--eval-every`` steps. Expected batch ``--batch`` in pieces of
-``--physical`` (dp-physical-batch). One JSON per probe in benchmarks/results/dp_probe/ (named by its settings; a
+``--physical`` (physical-batch). One JSON per probe in benchmarks/results/dp_probe/ (named by its settings; a
 finished one is skipped).
 
     .venv/bin/python -m benchmarks.dp_probe --eps 8 --batch 512 --steps 60 --lr 1e-3
@@ -40,7 +40,7 @@ def probe(args: argparse.Namespace) -> dict:
     cfg = RunConfig.from_flower({
         "model": "minilm", "task": "sst2", "method": args.method, "partition": "iid", "max-length": 64,
         "batch-size": args.batch, "lr": args.lr, "optimizer": args.optimizer, "num-server-rounds": 1,
-        "local-steps": args.steps, "dp-max-grad-norm": args.clip, "dp-physical-batch": args.physical,
+        "local-steps": args.steps, "dp-max-grad-norm": args.clip, "physical-batch": args.physical,
         "data-dir": str(default_data_dir()), "seed": args.seed, **dp})
     torch.manual_seed(args.seed)
     sess = session(cfg)

@@ -34,9 +34,9 @@ from benchmarks._common import RESULTS, publish, run_cells
 OUT = RESULTS / "privacy"
 RUNS = RESULTS.parent / "out" / "privacy"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "privacy.md"
-BATCH, PHYSICAL, ROUNDS, STEPS, LR, CLIP = 512, 64, 5, 4, 0.5, 1.0
+BATCH, PHYSICAL, ROUNDS, STEPS, LR, CLIP = 512, 64, 5, 4, 2.0, 1.0
 BASE = {"model": "minilm", "task": "sst2", "partition": "iid", "max-length": 64, "num-server-rounds": ROUNDS,
-        "local-steps": STEPS, "batch-size": BATCH, "dp-physical-batch": PHYSICAL, "lr": LR, "optimizer": "sgd",
+        "local-steps": STEPS, "batch-size": BATCH, "physical-batch": PHYSICAL, "lr": LR, "optimizer": "sgd",
         "dp-max-grad-norm": CLIP, "dp-delta": 1e-5, "logit-adjust": 0.0, "eval-every": 1, "eval-batch-size": 256}
 SETTINGS = {"silo": (3, 3), "device": (10, 5)}  # clients, clients per round
 METHODS = ("fedtt", "fedtt+", "lora", "ffa-lora")

@@ -26,9 +26,10 @@ from .train import cycle, evaluate, make_loader, tokenize, train_steps
 class FinetuneConfig(RunConfig):
     #: the keys a centralized run reads (the federation's own keys are accepted and ignored)
     USED: ClassVar[tuple[str, ...]] = ("data_dir", "max_length", "batch_size", "lr", "max_grad_norm", "output_dir",
-                                       "train_size", "epochs", "warmup", "task_name", "train_file", "dev_file",
-                                       "data_format", "hub_dataset", "hub_config", "hub_train_split", "hub_dev_split",
-                                       "text_columns", "label_column", "choice_columns", "metrics", "bad_rows")
+                                       "physical_batch", "train_size", "epochs", "warmup", "task_name", "train_file",
+                                       "dev_file", "data_format", "hub_dataset", "hub_config", "hub_train_split",
+                                       "hub_dev_split", "text_columns", "label_column", "choice_columns", "metrics",
+                                       "bad_rows")
 
     """A centralized reference fine-tune: every key of :class:`RunConfig` (one model, validated the same way),
     plus the budget of one centralized run. Two defaults differ from a federated run's, as the reference runs
@@ -78,7 +79,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     t0 = time.perf_counter()
     stats = train_steps(model, cycle(train_loader), optimizer, steps, device,
                         log_every=max(steps // 10, 1), scheduler=scheduler,
-                        max_grad_norm=cfg.max_grad_norm or None)
+                        max_grad_norm=cfg.max_grad_norm or None, physical_batch=cfg.physical_batch)
     train_s = time.perf_counter() - t0
     metrics = evaluate(model, dev_loader, task, device)
     rank = f"r{cfg.lora_rank}" if get_method(cfg.method).family == "lora" else f"r{cfg.rank}"

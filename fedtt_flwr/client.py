@@ -235,7 +235,8 @@ def train(msg: Message, context: Context) -> Message:
         shift = (label_prior_shift(data["label"], len(spec.labels), cfg.logit_tau())
                  if spec.kind == "classification" else None)
         stats = train_steps(sess.model, cycle(loader), optimizer, cfg.local_steps, sess.device, AMP[cfg.amp],
-                            max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu, logit_shift=shift)
+                            max_grad_norm=cfg.max_grad_norm or None, proximal_mu=mu, logit_shift=shift,
+                            physical_batch=cfg.physical_batch)
     else:
         settings, q = dp
         history = load_history(context.state)

@@ -72,6 +72,10 @@ AUTO_LR = {"adamw": 3e-3, "sgd": 0.5}
 ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian", "fedtrimmedavg"]
 
 
+#: keys renamed since a release; the unknown-key error names the new one
+RENAMED = {"dp-physical-batch": "physical-batch"}
+
+
 class RunConfig(BaseModel):
     """Every tunable of a federated run: ``[tool.flwr.app.config]`` in pyproject.toml, with the same
     kebab-case keys (``--run-config "rank=8 alpha=0.1"`` overrides them). Validated when the ServerApp
@@ -218,6 +222,10 @@ class RunConfig(BaseModel):
     eval_batch_size: int = Field(128, ge=1)
     eval_examples: int = Field(0, ge=0, description="evaluate on at most this many dev rows: the server its first "
                                                     "N, each node ceil(N / nodes) of its own shard; 0: all")
+    physical_batch: int = Field(0, ge=0, description="the most examples one forward/backward pass takes: a larger "
+                                "batch (with dp: a Poisson batch of expected size batch-size) runs in pieces sorted by "
+                                "length whose gradients add up before its one step: flat memory, less padding; 0: "
+                                "no limit")
     # local differential privacy (fedtt_flwr.privacy)
     dp: Literal["off", "sigma", "epsilon"] = Field(
         "off", description="DP-SGD on the clients: off; sigma: dp-noise-multiplier as given; epsilon: the noise "
@@ -226,9 +234,6 @@ class RunConfig(BaseModel):
     dp_max_grad_norm: float = Field(1.0, gt=0, description="per-example gradient clipping norm C")
     dp_epsilon: float = Field(0.0, ge=0, description="dp=epsilon: the target; dp=sigma: a budget (0: none)")
     dp_delta: float = Field(1e-5, gt=0, lt=1)
-    dp_physical_batch: int = Field(0, ge=0, description="dp: the most examples one forward/backward pass takes; "
-                                   "a larger Poisson batch (expected size batch-size) runs in pieces whose clipped "
-                                   "gradients add up before its one noisy step: flat memory; 0: no limit")
     seed: int = 0
     output_dir: str = Field("runs", description="absolute path recommended: flwr runs from the SuperLink's cwd")
     run_name: str = ""
@@ -437,7 +442,7 @@ TRAINING_KEYS = frozenset({
     "classes_per_client", "num_partitions", "max_length", "local_steps", "batch_size", "lr", "lr_schedule",
     "lr_final", "optimizer", "momentum", "weight_decay", "max_grad_norm", "logit_adjust", "amp", "central_eval",
     "eval_every", "eval_batch_size", "eval_examples", "dp", "dp_noise_multiplier", "dp_max_grad_norm", "dp_epsilon",
-    "dp_delta", "dp_physical_batch", "output_dir", "run_name", "resume",
+    "dp_delta", "physical_batch", "output_dir", "run_name", "resume",
     "tracker", "tracker_dir", "tracker_uri"})
 
 
@@ -475,7 +480,7 @@ def format_validation_error(exc, what: str) -> str:
             problems.setdefault(key, []).append(e["msg"].removeprefix("Value error, "))
             continue
         if e["type"] == "extra_forbidden":
-            problems.setdefault(key, []).append("unknown key")
+            problems.setdefault(key, []).append("unknown key" + (f" (now {RENAMED[key]!r})" if key in RENAMED else ""))
             continue
         problems.setdefault(key, []).append(e["msg"].removeprefix("Value error, "))
         given[key] = e.get("input")

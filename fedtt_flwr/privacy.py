@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .config import RunConfig
+from .train import pieces
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -113,7 +114,7 @@ def dp_train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.
             if batch is None:  # an empty Poisson draw: skipped; the accountant still counts the step (over-counts)
                 continue
             size = _batch_size(batch)
-            chunks = _chunks(batch, dp.physical_batch or size)
+            chunks = pieces(batch, dp.physical_batch or size)
             dp_opt.zero_grad(set_to_none=True)
             step_loss = 0.0
             for i, chunk in enumerate(chunks):
@@ -155,26 +156,6 @@ def _check_one_row_per_example(model: nn.Module, size: int) -> None:
 
 def _batch_size(batch: dict) -> int:
     return int(batch["labels"].shape[0])
-
-
-def _chunks(batch: dict, size: int) -> list[dict]:
-    """The batch's rows in pieces of at most ``size`` (every tensor is batch-first). Rows go in order of length and
-    each piece drops the padding columns that none of its rows uses, so a piece of short sentences costs what they
-    cost rather than the batch's longest: per-example gradients do not depend on the piece an example is in, nor on
-    trailing padding, so the clipped sum is the same (up to the order of float additions)."""
-    n = _batch_size(batch)
-    mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 2 or n <= size:
-        return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
-    width = mask.shape[1]
-    order = torch.argsort(mask.sum(1), descending=True, stable=True)
-    pieces = []
-    for i in range(0, n, size):
-        rows = order[i:i + size]
-        used = int(mask[rows].any(0).nonzero().max()) + 1 if bool(mask[rows].any()) else width
-        pieces.append({k: v[rows][:, :used] if v.dim() >= 2 and v.shape[1] == width else v[rows]
-                       for k, v in batch.items()})
-    return pieces
 
 
 def _dp_loss(gsm: nn.Module, batch: dict) -> torch.Tensor:
@@ -234,5 +215,5 @@ def settings_for(cfg: RunConfig, num_examples: int) -> tuple[DPSettings, float] 
         sigma = noise_for_target(cfg.dp_epsilon, cfg.dp_delta, q, cfg.num_server_rounds * cfg.local_steps)
     else:
         sigma = cfg.dp_noise_multiplier
-    return DPSettings(sigma, cfg.dp_max_grad_norm, cfg.dp_delta, cfg.dp_epsilon, cfg.dp_physical_batch), q
+    return DPSettings(sigma, cfg.dp_max_grad_norm, cfg.dp_delta, cfg.dp_epsilon, cfg.physical_batch), q
 

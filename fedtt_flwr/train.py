@@ -212,6 +212,33 @@ def batch_loss(model: nn.Module, batch: dict, logit_shift: torch.Tensor | None =
     return nn.functional.cross_entropy(logits + logit_shift.to(logits.device), batch["labels"])
 
 
+def pieces(batch: dict, size: int) -> list[dict]:
+    """The batch's rows in pieces of at most ``size`` (every tensor is batch-first). Rows go in order of length and
+    each piece drops the padding columns that none of its rows uses, so a piece of short sentences costs what they
+    cost rather than the batch's longest: an example's gradient does not depend on the piece it is in, nor on
+    trailing padding, so the pieces' gradients add up to the batch's (up to the order of float additions)."""
+    n = int(batch["labels"].shape[0])
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or n <= size:
+        return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+    width = mask.shape[1]
+    order = torch.argsort(mask.sum(1), descending=True, stable=True)
+    pieces = []
+    for i in range(0, n, size):
+        rows = order[i:i + size]
+        used = int(mask[rows].any(0).nonzero().max()) + 1 if bool(mask[rows].any()) else width
+        pieces.append({k: v[rows][:, :used] if v.dim() >= 2 and v.shape[1] == width else v[rows]
+                       for k, v in batch.items()})
+    return pieces
+
+
+def _loss_weight(batch: dict) -> int:
+    """What the batch's loss is a mean over: its examples, or for a causal LM's token-level loss its labelled
+    (shifted) tokens; a piece's loss times its share of that adds up to the whole batch's loss."""
+    labels = batch["labels"]
+    return int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else int(labels.shape[0])
+
+
 def cycle(loader: DataLoader) -> Iterator[dict]:
     """Endless batches: local training counts optimizer steps, not epochs."""
     return itertools.chain.from_iterable(itertools.repeat(loader))
@@ -229,31 +256,45 @@ def train_steps(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     proximal_mu: float = 0.0,
     logit_shift: torch.Tensor | None = None,
+    physical_batch: int = 0,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps; return the mean training loss and the number of examples seen.
 
     ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_start||^2`` over the trainable tensors;
-    ``logit_shift`` adjusts the logits of the loss (:func:`label_prior_shift`)."""
+    ``logit_shift`` adjusts the logits of the loss (:func:`label_prior_shift`); a batch larger than
+    ``physical_batch`` runs as :func:`pieces` whose gradients add up before the step (the same update; on a CPU
+    twice as fast or more at 512 sentences than one pass, which thrashes the caches)."""
     model.train()
     losses, seen, t0 = [], 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     for step in range(1, steps + 1):
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        with _autocast(device, amp_dtype):
-            loss = batch_loss(model, batch, logit_shift)
-        if anchors:
-            loss = loss + 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+        batch = next(batches)
+        parts = pieces(batch, physical_batch) if physical_batch else [batch]
+        total = max(_loss_weight(batch), 1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum, prox = 0.0, bool(anchors)
+        for part in parts:
+            share = _loss_weight(part) / total if len(parts) > 1 else 1.0
+            if share == 0:  # a piece with no answer token: nothing to learn, and its own mean would be 0 / 0
+                continue
+            part = {k: v.to(device) for k, v in part.items()}
+            with _autocast(device, amp_dtype):
+                loss = batch_loss(model, part, logit_shift) * share
+            if prox:  # once per step
+                prox = False
+                loss = loss + 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors,
+                                                                                            strict=True))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+            loss.backward()
+            loss_sum += loss.item()
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        losses.append(loss.item())
+        losses.append(loss_sum)
         seen += batch["labels"].shape[0]
         if log_every and step % log_every == 0:
             rate = step / (time.perf_counter() - t0)

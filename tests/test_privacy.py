@@ -263,7 +263,7 @@ def test_federated_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, tiny
     e1, e2, e3 = (spent_epsilon([(1.0, 1 / 8, 3)] * k, 1e-5) for k in (1, 2, 3))
     cfg = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "num-server-rounds": 3, "local-steps": 3,
            "max-length": 16, "output-dir": str(tmp_path), "run-name": "r", "method": method, "partition": "iid",
-           "dp": "sigma", "dp-noise-multiplier": 1.0, "dp-epsilon": (e2 + e3) / 2, "dp-physical-batch": physical}
+           "dp": "sigma", "dp-noise-multiplier": 1.0, "dp-epsilon": (e2 + e3) / 2, "physical-batch": physical}
     run_inprocess(cfg, num_nodes=2)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines[1]["dp_epsilon_max"] == pytest.approx(e1) and lines[1]["dp_epsilon_mean"] == pytest.approx(e1)

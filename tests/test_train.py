@@ -192,3 +192,61 @@ def test_tokenized_shares_are_cached_by_content(tmp_path, tiny_model_dir):
     for f in entry.glob("*.arrow"):  # a damaged entry is tokenized again, not trusted
         f.write_bytes(b"garbage")
     assert tokenize_cached(share, tokenizer, 16, cache=cache).to_dict() == first.to_dict()
+
+
+def _no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def _update(model, batches, physical, steps=3, **kw):
+    """The trained tensors' change after ``steps`` SGD steps over ``batches`` with pieces of ``physical``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = torch.cat([p.detach().flatten().clone() for p in params])
+    stats = train_steps(model, iter(batches), torch.optim.SGD(params, lr=0.5, momentum=0.9), steps,
+                        torch.device("cpu"), physical_batch=physical, **kw)
+    return torch.cat([p.detach().flatten() for p in params]) - before, stats
+
+
+@pytest.mark.parametrize("extra", [{}, {"proximal_mu": 0.5, "logit_shift": torch.tensor([0.3, -0.3])}])
+def test_pieces_of_a_large_batch_give_the_whole_batchs_update(extra):
+    """Sentences of lengths 2-9 in batches of 13: pieces of 4, sorted by length and cut to their longest row, give
+    the same update (FedProx's term counted once per step, the logit shift on every piece) and the same loss."""
+    ds = _toy_dataset(39)
+    batches = list(make_loader(ds, _Tok(), batch_size=13, shuffle=False))
+    runs = []
+    for physical in (0, 4):
+        torch.manual_seed(0)
+        model = _no_dropout(add_tt_adapters(tiny_model("bert"), TTAdapterConfig(rank=3, bottleneck=8)))
+        widths: list[int] = []
+        model.register_forward_pre_hook(lambda m, a, kw, w=widths: w.append(kw["input_ids"].shape[1]), with_kwargs=True)
+        runs.append((*_update(model, batches, physical, **extra), widths))
+    (whole, s0, w0), (pieces, s1, w1) = runs
+    assert len(w1) == 4 * len(w0) and min(w1) < min(w0)
+    assert whole.abs().max() > 0 and s0["num_examples"] == s1["num_examples"] == 39
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-6)
+    assert s1["train_loss"] == pytest.approx(s0["train_loss"], rel=1e-5)
+
+
+def test_pieces_of_a_causal_lm_batch_weigh_its_loss_by_answer_tokens():
+    """A causal LM's loss is a mean over the batch's answer tokens: pieces weigh theirs by their share of those
+    tokens (a piece whose rows have no answer token adds nothing), so the update equals the whole batch's."""
+    g = torch.Generator().manual_seed(1)
+    lengths, answers = [3, 12, 7, 5, 10, 4], [0, 6, 3, 1, 5, 2]  # row 0 has no answer token
+    ids = torch.randint(3, 60, (6, 12), generator=g)
+    mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
+    labels = torch.where(mask.bool(), ids, torch.tensor(-100))
+    for row, (n, a) in enumerate(zip(lengths, answers, strict=True)):
+        labels[row, :n - a] = -100
+    batch = {"input_ids": ids * mask, "attention_mask": mask, "labels": labels}
+    runs = []
+    for physical in (0, 2):
+        model = _no_dropout(tiny_model("llama"))
+        model.train()
+        for n, p in model.named_parameters():
+            p.requires_grad_("layers.1." in n)
+        runs.append(_update(model, [batch] * 2, physical, steps=2)[0])
+    assert runs[0].abs().max() > 0
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-4, atol=1e-6)
