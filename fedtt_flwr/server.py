@@ -145,7 +145,8 @@ def finished_rounds(folder: Path) -> int:
         return int(pickle.load(f)["round"])
 
 
-#: keys that may differ between a run and its resumption
+#: below this expected batch, DP-SGD's noise swamped the signal in every measured run (docs/privacy.md)
+DP_BATCH_HINT = 256
 #: settings a resumed run may change (resume names the folder; where metrics are also sent never changes training)
 RESUMABLE_CHANGES = ("resume", "num-server-rounds", "run-name", "output-dir", "tracker", "tracker-dir", "tracker-uri")
 
@@ -405,6 +406,10 @@ def main(grid: Grid, context: Context) -> dict:
     log(INFO, "[fedtt] %s on %s/%s: %d travelling tensors (%d values); %s; run folder %s", cfg.method, cfg.model,
         cfg.task, len(state), sum(t.numel() for t in state.values()),
         ", ".join(f"{k} {v}" for k, v in resolved.as_dict().items()), out)
+    if cfg.dp != "off" and cfg.batch_size < DP_BATCH_HINT:
+        log(WARNING, "[fedtt] dp with batch-size %d: DP-SGD's noise on the averaged gradient shrinks with the "
+            "expected batch, and below a few hundred it usually swamps the clipped signal (one-class predictions); "
+            "docs/privacy.md's recipe: batch-size 512, physical-batch 64, optimizer sgd, lr 2.0", cfg.batch_size)
     if resolved.method.personal and cfg.central_eval:
         log(INFO, "[fedtt] central evaluation does not apply to %s: part of its model stays on each node; it is "
             "evaluated there, on every node's dev share, every round (fed_* in metrics.jsonl)", cfg.method)

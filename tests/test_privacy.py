@@ -255,8 +255,9 @@ def test_bad_dp_settings_are_clear_errors(key, value, words):
 
 @pytest.mark.parametrize(("method", "physical"), [("fedtt", 0), ("fedtt+", 5)])
 def test_federated_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, tiny_model_dir, tiny_sst2_dir, method,
-                                                                  physical):
-    """The reported epsilon is the accountant's, whether Poisson batches run whole or in physical pieces."""
+                                                                  physical, caplog):
+    """The reported epsilon is the accountant's, whether Poisson batches run whole or in physical pieces; the
+    small expected batch (16) gets the warning that DP-SGD needs large ones."""
     from fedtt_flwr.inprocess import run_inprocess
 
     # 2 IID clients of 120 examples, batch 16: q = 1/8; one round of 3 steps at sigma 1 spends e1
@@ -264,7 +265,9 @@ def test_federated_dp_run_reports_epsilon_and_stops_at_the_budget(tmp_path, tiny
     cfg = {"model": str(tiny_model_dir), "data-dir": str(tiny_sst2_dir), "num-server-rounds": 3, "local-steps": 3,
            "max-length": 16, "output-dir": str(tmp_path), "run-name": "r", "method": method, "partition": "iid",
            "dp": "sigma", "dp-noise-multiplier": 1.0, "dp-epsilon": (e2 + e3) / 2, "physical-batch": physical}
-    run_inprocess(cfg, num_nodes=2)
+    with caplog.at_level("WARNING"):
+        run_inprocess(cfg, num_nodes=2)
+    assert "dp with batch-size 16" in caplog.text and "batch-size 512, physical-batch 64" in caplog.text
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines[1]["dp_epsilon_max"] == pytest.approx(e1) and lines[1]["dp_epsilon_mean"] == pytest.approx(e1)
     assert lines[2]["dp_epsilon_max"] == pytest.approx(e2)
