@@ -88,7 +88,7 @@ def load_adapted_model(
 def load_run(folder: str | os.PathLike, device: str | None = None):
     """A finished run's model, rebuilt from its folder: the run config in ``config.json`` (every method: TT, LoRA,
     ...), the trained tensors from ``adapter.safetensors``. Returns ``(model, tokenizer, cfg)``."""
-    from .config import RunConfig
+    from .config import RunConfig, current_keys
     from .methods.build import build_model
 
     folder = Path(folder)
@@ -96,7 +96,7 @@ def load_run(folder: str | os.PathLike, device: str | None = None):
     for path in (config_file, adapter_file):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a finished run folder: no {path.name}")
-    saved = json.loads(config_file.read_text())["run_config"]
+    saved = current_keys(json.loads(config_file.read_text())["run_config"])
     known = {RunConfig.model_fields[k].alias or k for k in RunConfig.model_fields}
     dropped = sorted(set(saved) - known)
     if dropped:  # a key this version no longer has: it cannot change the model this version builds

@@ -76,6 +76,11 @@ ServerOpt = Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fe
 RENAMED = {"dp-physical-batch": "physical-batch"}
 
 
+def current_keys(run_config: dict) -> dict:
+    """A saved run config with its renamed keys under their names of today (a run folder from an earlier version)."""
+    return {RENAMED.get(k, k): v for k, v in run_config.items()}
+
+
 class RunConfig(BaseModel):
     """Every tunable of a federated run: ``[tool.flwr.app.config]`` in pyproject.toml, with the same
     kebab-case keys (``--run-config "rank=8 alpha=0.1"`` overrides them). Validated when the ServerApp

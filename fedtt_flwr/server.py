@@ -43,7 +43,7 @@ from strategies.virtual import VirtualClients
 
 from .adapters import adapters_off, get_adapter_state, set_adapter_state
 from .checkpoint import save_adapter
-from .config import RunConfig
+from .config import RunConfig, current_keys
 from .data import load_dev
 from .methods.build import Resolved, build_model, resolve
 from .models import pick_device
@@ -164,7 +164,8 @@ def _resume_folder(cfg: RunConfig) -> Path:
         raise ValueError(f"resume: not with {cfg.method}: each node's own tensors live in the interrupted run's "
                          "node contexts and would restart from their initial values")
     # a key added since that run was written counts as its default
-    before = {**RunConfig().model_dump(by_alias=True), **json.loads(saved.read_text())["run_config"]}
+    before = {**RunConfig().model_dump(by_alias=True),
+              **current_keys(json.loads(saved.read_text())["run_config"])}
     now = cfg.model_dump(by_alias=True)
     for values in (before, now):  # "auto" and the value it stands for are the same setting
         resolved = RunConfig.from_flower(values)

@@ -213,23 +213,36 @@ def batch_loss(model: nn.Module, batch: dict, logit_shift: torch.Tensor | None =
 
 
 def pieces(batch: dict, size: int) -> list[dict]:
-    """The batch's rows in pieces of at most ``size`` (every tensor is batch-first). Rows go in order of length and
-    each piece drops the padding columns that none of its rows uses, so a piece of short sentences costs what they
-    cost rather than the batch's longest: an example's gradient does not depend on the piece it is in, nor on
-    trailing padding, so the pieces' gradients add up to the batch's (up to the order of float additions)."""
+    """The batch's examples in pieces of at most ``size`` (every tensor is batch-first; a tensor with k rows per
+    example, e.g. a decoder's k candidate answers, keeps an example's rows together). Examples go in order of
+    length and each piece drops the padding columns that none of its rows uses, so a piece of short sentences
+    costs what they cost rather than the batch's longest: an example's gradient does not depend on the piece it is
+    in, nor on trailing padding, so the pieces' gradients add up to the batch's (up to the order of float
+    additions)."""
     n = int(batch["labels"].shape[0])
+    if n <= size:
+        return [batch]
+    per = {key: v.shape[0] // n for key, v in batch.items()}
+    if any(v.shape[0] != per[key] * n or not per[key] for key, v in batch.items()):
+        raise ValueError(f"physical-batch: a batch of {n} examples holds tensors of "
+                         f"{sorted({v.shape[0] for v in batch.values()})} rows, not whole multiples of {n}")
     mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 2 or n <= size:
-        return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
-    width = mask.shape[1]
-    order = torch.argsort(mask.sum(1), descending=True, stable=True)
-    pieces = []
+    trim = mask is not None and mask.dim() == 2
+    if trim:
+        lengths = mask.sum(1).view(n, per["attention_mask"]).amax(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+    else:
+        order = torch.arange(n)
+    out = []
     for i in range(0, n, size):
-        rows = order[i:i + size]
-        used = int(mask[rows].any(0).nonzero().max()) + 1 if bool(mask[rows].any()) else width
-        pieces.append({k: v[rows][:, :used] if v.dim() >= 2 and v.shape[1] == width else v[rows]
-                       for k, v in batch.items()})
-    return pieces
+        ex = order[i:i + size]
+        piece = {key: v[(ex[:, None] * per[key] + torch.arange(per[key])).flatten()] for key, v in batch.items()}
+        if trim:
+            width, rows = mask.shape[1], piece["attention_mask"]
+            used = int(rows.any(0).nonzero().max()) + 1 if bool(rows.any()) else width
+            piece = {key: v[:, :used] if v.dim() >= 2 and v.shape[1] == width else v for key, v in piece.items()}
+        out.append(piece)
+    return out
 
 
 def _loss_weight(batch: dict) -> int:
@@ -273,7 +286,7 @@ def train_steps(
         parts = pieces(batch, physical_batch) if physical_batch else [batch]
         total = max(_loss_weight(batch), 1)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, prox = 0.0, bool(anchors)
+        loss_sum, prox, used = 0.0, bool(anchors), False
         for part in parts:
             share = _loss_weight(part) / total if len(parts) > 1 else 1.0
             if share == 0:  # a piece with no answer token: nothing to learn, and its own mean would be 0 / 0
@@ -289,6 +302,10 @@ def train_steps(
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
             loss.backward()
             loss_sum += loss.item()
+            used = True
+        if not used:  # one pass over the whole batch would have given 0 / 0
+            raise FloatingPointError(f"training loss became nan at step {step}: no example of the batch has a "
+                                     "labelled token")
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()

@@ -355,6 +355,7 @@ def test_a_run_written_before_a_key_existed_still_resumes(tmp_path, tiny_model_d
     folder = tmp_path / "runs" / "test"
     saved = json.loads((folder / "config.json").read_text())
     del saved["run_config"]["max-examples"]  # as written before the key existed
+    saved["run_config"]["dp-physical-batch"] = saved["run_config"].pop("physical-batch")  # before its rename
     (folder / "config.json").write_text(json.dumps(saved))
     _, _, lines = run_app(tmp_path, tiny_model_dir, tiny_sst2_dir, nodes=2,
                           **{"num-server-rounds": 2, "resume": str(folder)})

@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from fedtt_flwr import TTAdapterConfig, add_tt_adapters, get_adapter_state
-from fedtt_flwr.train import batch_loss, cycle, evaluate, label_prior_shift, make_loader, train_steps
+from fedtt_flwr.train import batch_loss, cycle, evaluate, label_prior_shift, make_loader, pieces, train_steps
 
 
 class _Tok:
@@ -245,6 +245,30 @@ def test_pieces_of_a_causal_lm_batch_weigh_its_loss_by_answer_tokens():
     for physical in (0, 2):
         model = _no_dropout(tiny_model("llama"))
         model.train()
+        for n, p in model.named_parameters():
+            p.requires_grad_("layers.1." in n)
+        runs.append(_update(model, [batch] * 2, physical, steps=2)[0])
+    assert runs[0].abs().max() > 0
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-4, atol=1e-6)
+
+
+def test_pieces_keep_a_decoders_candidate_rows_with_their_example():
+    """A decoder scoring k candidate answers runs k rows per example (labels: one per example): pieces hold whole
+    examples, and the update equals the whole batch's."""
+    from fedtt_flwr.prompts import ChoicePromptCollator, ChoiceScorer
+
+    collate = ChoicePromptCollator(type("Tok", (), {"pad_token_id": 0})())
+    g = torch.Generator().manual_seed(0)
+    feats = [{"input_ids": torch.randint(3, 50, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist(),
+              "choice_ids": [[7, 8], [9]], "label": i % 2} for i in range(7)]
+    batch = collate(feats)
+    parts = pieces(batch, 3)
+    assert [int(p["labels"].shape[0]) for p in parts] == [3, 3, 1]
+    assert all(p["input_ids"].shape[0] == 2 * p["labels"].shape[0] for p in parts)
+    runs = []
+    for physical in (0, 3):
+        torch.manual_seed(0)
+        model = ChoiceScorer(_no_dropout(tiny_model("llama")), 2)
         for n, p in model.named_parameters():
             p.requires_grad_("layers.1." in n)
         runs.append(_update(model, [batch] * 2, physical, steps=2)[0])
