@@ -275,8 +275,9 @@ def train_steps(
 
     ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_start||^2`` over the trainable tensors;
     ``logit_shift`` adjusts the logits of the loss (:func:`label_prior_shift`); a batch larger than
-    ``physical_batch`` runs as :func:`pieces` whose gradients add up before the step (the same update; on a CPU
-    twice as fast or more at 512 sentences than one pass, which thrashes the caches)."""
+    ``physical_batch`` runs as :func:`pieces` whose gradients add up before the step (the same update; 512 SST-2
+    sentences in sorted pieces of 64 took 3.5 s on 2 CPU cores against 25.4 s in one pass:
+    benchmarks/physical_batch.py)."""
     model.train()
     losses, seen, t0 = [], 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
