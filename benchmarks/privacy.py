@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -76,12 +77,29 @@ def run_cell(setting: str, method: str, eps: float | None, seed: int) -> dict:
     lines = [json.loads(x) for x in (RUNS / name / "metrics.jsonl").read_text().splitlines()]
     dp_lines = [x for x in lines if "dp_epsilon_max" in x]
     return {"setting": setting, "method": method, "epsilon": eps, "seed": seed, "run_config": cfg,
-            "final_accuracy": lines[-1]["accuracy"],
+            "final_accuracy": lines[-1]["accuracy"], **_cost(lines),
             "curve": [(x["round"], x["accuracy"]) for x in lines if x.get("accuracy") is not None],
             "epsilon_spent_max": dp_lines[-1]["dp_epsilon_max"] if dp_lines else None,
             "client_train_s_max": [x.get("client_train_s_max") for x in lines[1:]],
             "errors": sum(x.get("errors", 0) for x in lines), "wall_s": round(time.perf_counter() - t0, 1),
             "command": f".venv/bin/python -m benchmarks.privacy --only {name}"}
+
+
+def _cost(lines: list[dict]) -> dict:
+    """Uplink bytes per client and round, and each round's slowest client's training seconds."""
+    trained = [x for x in lines[1:] if x.get("replies")]
+    return {"bytes_up_per_client_round": trained[-1]["bytes_up"] // trained[-1]["replies"] if trained else None,
+            "client_train_s_max": [x.get("client_train_s_max") for x in lines[1:]]}
+
+
+def _backfill(path: Path, result: dict) -> dict:
+    """Cells finished before the uplink was recorded: read it from their run folder, where it still exists."""
+    metrics = RUNS / key(result["setting"], result["method"], result["epsilon"], result["seed"]) / "metrics.jsonl"
+    if "bytes_up_per_client_round" in result or not metrics.exists():
+        return result
+    result.update(_cost([json.loads(x) for x in metrics.read_text().splitlines()]))
+    path.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main() -> None:
@@ -102,7 +120,8 @@ def main() -> None:
 
 def report() -> None:
     """Final dev accuracy per setting and method against epsilon (seeds separated by /), and the plot."""
-    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json")) if "setting" in p.read_text()[:200]]
+    results = [_backfill(p, json.loads(p.read_text())) for p in sorted(OUT.glob("*.json"))
+               if "setting" in p.read_text()[:200]]
     if not results:
         print("no finished cells yet")
         return
@@ -119,8 +138,24 @@ def report() -> None:
             if any(c != "-" for c in cell):
                 rows.append(f"| {setting} | {method} | " + " | ".join(cell) + " |")
     table = "\n".join(rows)
+    cost = ["| setting | method | uplink per client and round | slowest client's local training per round, DP "
+            "(median over rounds and cells) | the same without DP |", "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        for method in METHODS:
+            mine = [r for r in results if (r["setting"], r["method"]) == (setting, method)]
+            if not mine:
+                continue
+            up = next((r["bytes_up_per_client_round"] for r in mine if r.get("bytes_up_per_client_round")), None)
+            secs = [_median([s for r in mine if (r["epsilon"] is None) == nodp for s in r["client_train_s_max"]
+                             if s is not None]) for nodp in (False, True)]
+            cost.append(f"| {setting} | {method} | {'-' if up is None else f'{up / 1e6:.3f} MB'} | "
+                        + " | ".join("-" if x is None else f"{x:.1f} s" for x in secs) + " |")
     _plot(results)
-    publish(DOC, {"privacy-grid": table})
+    publish(DOC, {"privacy-grid": table, "privacy-cost": "\n".join(cost)})
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
 
 
 def _plot(results: list[dict]) -> None:
