@@ -159,22 +159,31 @@ def _median(xs: list[float]) -> float | None:
 
 
 def _plot(results: list[dict]) -> None:
+    """Accuracy against epsilon per method (mean over seeds), its no-DP reference as a dashed line of its colour;
+    one panel per setting that has results."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 3.6))
-    for ax, setting in zip(axes, SETTINGS, strict=True):
-        for method in METHODS:
-            pts = sorted((r["epsilon"], 100 * r["final_accuracy"]) for r in results
-                         if r["setting"] == setting and r["method"] == method and r["epsilon"] is not None)
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        for i, method in enumerate(METHODS):
+            mine = [r for r in results if (r["setting"], r["method"]) == (setting, method)]
+            pts = sorted((e, 100 * statistics.mean(r["final_accuracy"] for r in mine if r["epsilon"] == e))
+                         for e in {r["epsilon"] for r in mine} - {None})
+            colour = f"C{i}"
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ls="", label=method)
-        ax.axhline(50.9, color="grey", lw=0.8, ls=":", label="majority class")
+                ax.plot(*zip(*pts, strict=True), marker="o", color=colour, label=method)
+            ref = [100 * r["final_accuracy"] for r in mine if r["epsilon"] is None]
+            if ref:
+                ax.axhline(statistics.mean(ref), color=colour, lw=0.8, ls="--")
         ax.set_xscale("log")
-        ax.set_xlabel("epsilon (delta 1e-5)")
-        ax.set_ylabel("SST-2 dev accuracy, %")
+        ax.set_xticks([e for e in EPSILONS if e is not None], [f"{e:g}" for e in EPSILONS if e is not None])
+        ax.minorticks_off()
+        ax.set_xlabel("epsilon (delta 1e-5); dashed: the same run without DP")
+        ax.set_ylabel("SST-2 dev accuracy, % (mean over seeds)")
         ax.set_title(f"{setting}: {SETTINGS[setting][0]} clients, {SETTINGS[setting][1]} per round")
         ax.legend(fontsize=7)
     fig.tight_layout()
