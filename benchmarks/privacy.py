@@ -92,16 +92,6 @@ def _cost(lines: list[dict]) -> dict:
             "client_train_s_max": [x.get("client_train_s_max") for x in lines[1:]]}
 
 
-def _backfill(path: Path, result: dict) -> dict:
-    """Cells finished before the uplink was recorded: read it from their run folder, where it still exists."""
-    metrics = RUNS / key(result["setting"], result["method"], result["epsilon"], result["seed"]) / "metrics.jsonl"
-    if "bytes_up_per_client_round" in result or not metrics.exists():
-        return result
-    result.update(_cost([json.loads(x) for x in metrics.read_text().splitlines()]))
-    path.write_text(json.dumps(result, indent=2))
-    return result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="cell keys, comma-separated (e.g. silo-fedtt-eps8-s0)")
@@ -120,8 +110,7 @@ def main() -> None:
 
 def report() -> None:
     """Final dev accuracy per setting and method against epsilon (seeds separated by /), and the plot."""
-    results = [_backfill(p, json.loads(p.read_text())) for p in sorted(OUT.glob("*.json"))
-               if "setting" in p.read_text()[:200]]
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json")) if "setting" in p.read_text()[:200]]
     if not results:
         print("no finished cells yet")
         return
