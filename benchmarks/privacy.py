@@ -148,8 +148,8 @@ def _median(xs: list[float]) -> float | None:
 
 
 def _plot(results: list[dict]) -> None:
-    """Accuracy against epsilon per method (mean over seeds), its no-DP reference as a dashed line of its colour;
-    one panel per setting that has results."""
+    """Accuracy against epsilon per method (mean over seeds, bars from the lowest to the highest seed), its no-DP
+    reference as a dashed line of its colour; one panel per setting that has results."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,11 +160,16 @@ def _plot(results: list[dict]) -> None:
     for ax, setting in zip(axes[0], settings, strict=True):
         for i, method in enumerate(METHODS):
             mine = [r for r in results if (r["setting"], r["method"]) == (setting, method)]
-            pts = sorted((e, 100 * statistics.mean(r["final_accuracy"] for r in mine if r["epsilon"] == e))
-                         for e in {r["epsilon"] for r in mine} - {None})
+            eps = sorted({r["epsilon"] for r in mine} - {None})
+            accs = [[100 * r["final_accuracy"] for r in mine if r["epsilon"] == e] for e in eps]
             colour = f"C{i}"
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", color=colour, label=method)
+            if eps:
+                means = [statistics.mean(a) for a in accs]
+                spread = [[m - min(a) for m, a in zip(means, accs, strict=True)],
+                          [max(a) - m for m, a in zip(means, accs, strict=True)]]
+                nudge = 1 + 0.03 * (i - (len(METHODS) - 1) / 2)  # methods side by side on the log axis
+                ax.errorbar([e * nudge for e in eps], means, yerr=spread, marker="o", color=colour, capsize=3,
+                            label=method)
             ref = [100 * r["final_accuracy"] for r in mine if r["epsilon"] is None]
             if ref:
                 ax.axhline(statistics.mean(ref), color=colour, lw=0.8, ls="--")
@@ -172,7 +177,7 @@ def _plot(results: list[dict]) -> None:
         ax.set_xticks([e for e in EPSILONS if e is not None], [f"{e:g}" for e in EPSILONS if e is not None])
         ax.minorticks_off()
         ax.set_xlabel("epsilon (delta 1e-5); dashed: the same run without DP")
-        ax.set_ylabel("SST-2 dev accuracy, % (mean over seeds)")
+        ax.set_ylabel("SST-2 dev accuracy, % (mean; bars: seeds)")
         ax.set_title(f"{setting}: {SETTINGS[setting][0]} clients, {SETTINGS[setting][1]} per round")
         ax.legend(fontsize=7)
     fig.tight_layout()
