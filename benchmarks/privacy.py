@@ -32,7 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks._common import RESULTS, publish, run_cells
+from benchmarks._common import RESULTS, publish, run_cells, save_plot
 
 OUT = RESULTS / "privacy"
 RUNS = RESULTS.parent / "out" / "privacy"
@@ -180,10 +180,7 @@ def _plot(results: list[dict]) -> None:
         ax.set_ylabel("SST-2 dev accuracy, % (mean; bars: seeds)")
         ax.set_title(f"{setting}: {SETTINGS[setting][0]} clients, {SETTINGS[setting][1]} per round")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = DOC.parent / "img" / "privacy.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_plot(fig, DOC.parent / "img" / "privacy.png")
 
 
 if __name__ == "__main__":
