@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -70,16 +71,50 @@ def publish(doc: Path, blocks: dict[str, str], echo: bool = True) -> None:
 def run_cells(todo: list[tuple], key: Callable[..., str], out: Path, run_cell: Callable[..., dict], label: str,
               list_only: bool = False, summary: Callable[[dict], object] = lambda r: "") -> None:
     """A resumable grid: ``--list`` prints each cell's state; otherwise every cell without a JSON in ``out`` runs and
-    its result is written as soon as it finishes, so an interrupted grid resumes where it stopped."""
+    its result is written as soon as it finishes, so an interrupted grid resumes where it stopped. A cell being run
+    is claimed (``KEY.claim`` holding the runner's PID), so the same command started twice (e.g. one thread each
+    on a 2-core machine) splits the grid instead of running a cell twice; a dead runner's claim is taken over."""
     for cell in todo:
         path = out / f"{key(*cell)}.json"
         if list_only:
-            print(key(*cell), "done" if path.exists() else "todo")
-        elif not path.exists():
-            print(f"[{label}] {key(*cell)}", flush=True)
-            result = run_cell(*cell)
-            path.write_text(json.dumps(result, indent=1))
-            print(f"[{label}] {key(*cell)} done in {result['wall_s']:.0f}s: {summary(result)}", flush=True)
+            claimed = _claimant(out / f"{key(*cell)}.claim")
+            print(key(*cell), "done" if path.exists() else f"running (pid {claimed})" if claimed else "todo")
+        elif not path.exists() and _claim(out / f"{key(*cell)}.claim"):
+            try:
+                if path.exists():  # another runner finished it between the two checks
+                    continue
+                print(f"[{label}] {key(*cell)}", flush=True)
+                result = run_cell(*cell)
+                path.write_text(json.dumps(result, indent=1))
+                print(f"[{label}] {key(*cell)} done in {result['wall_s']:.0f}s: {summary(result)}", flush=True)
+            finally:
+                (out / f"{key(*cell)}.claim").unlink(missing_ok=True)
+
+
+def _claimant(claim: Path) -> int | None:
+    """The PID of a live process holding ``claim``, else None (no claim, or its holder died)."""
+    try:
+        pid = int(claim.read_text().strip() or 0)
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:  # alive, another user's
+        return pid
+    return pid if pid else None
+
+
+def _claim(claim: Path) -> bool:
+    """Take ``claim`` for this process unless a live process holds it."""
+    if _claimant(claim) not in (None, os.getpid()):
+        return False
+    claim.unlink(missing_ok=True)
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:  # another runner took it just now
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def app_cell(cfg: dict, clients: int, runs: Path, metrics: tuple[str, ...], command: str) -> dict:
