@@ -40,7 +40,8 @@ RANK_KEY = "adapter-rank"
 
 
 def truncate_layer(cores: list[np.ndarray], rank: int) -> list[np.ndarray]:
-    """The best rank-``rank`` TT (by TT-SVD) of the layer the cores represent, in the cores' dtype."""
+    """The rank-``rank`` TT-SVD of the layer the cores represent (quasi-optimal: within sqrt(d - 1) of the best
+    rank-``rank`` TT in Frobenius norm), in the cores' dtype."""
     ranks = [1] + [rank] * (len(cores) - 1) + [1]
     return [c.astype(cores[0].dtype) for c in tt_svd(tt_full(cores), ranks)]
 
@@ -175,8 +176,8 @@ class NodeRanks:
 
 class FedTTHetero(NodeRanks, FedTT):
     """FedTT for nodes of different TT ranks (module docstring). ``inner`` must average (FedAvg/FedProx);
-    ``query_timeout``: how long the first round waits for the nodes' ranks (a node that does not answer is taken
-    at the global rank)."""
+    ``query_timeout``: how long the first round waits for the nodes' ranks (a node that does not answer sits that
+    round out and is asked again when next sampled)."""
 
     def __init__(self, inner: Strategy | None = None, include: Include = None, pack: bool = False,
                  query_timeout: float = 600.0) -> None:

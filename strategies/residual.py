@@ -122,11 +122,12 @@ class FedLoRAResidual(NodeRanks, FedTT):
             a, b = (as_float64(merged[n]) for n in (a_name, b_name))
             step = stacked - self.scaling * (b @ a) if self.mode == "fedex" else stacked
             residual = as_float64(merged[r_name]) + step
-            if not np.isfinite(residual).all() or (self.wire.lossy and not self.wire.carries(residual)):
+            kept = residual.astype(np.dtype(merged[r_name].dtype))  # what the global state will hold
+            if not np.isfinite(kept).all() or (self.wire.lossy and not self.wire.carries(residual)):
                 self._global, self._version = before, versions  # never merged: it could not be used or sent
                 return self._skip(self._round(server_round), server_round,
                                   f"{r_name}: the residual overflowed (float32, or the wire's {self.wire.precision})")
-            updated[r_name] = _like(residual, merged[r_name])
+            updated[r_name] = Array(np.ascontiguousarray(kept))
             if self.mode == "flora":  # a fresh LoRA for the next round: peft's init (A ~ U(+-1/sqrt(in)), B = 0)
                 bound = 1.0 / np.sqrt(a.shape[1])
                 updated[a_name] = _like(rng.uniform(-bound, bound, size=a.shape), merged[a_name])

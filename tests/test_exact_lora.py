@@ -181,3 +181,50 @@ def test_flora_starts_every_round_from_a_new_a():
     firsts = [receive_global(m.content)[A].numpy() for m in grid.sent
               if m.metadata.message_type == "train" and m.metadata.dst_node_id == 101]
     assert len(firsts) == 3 and not np.allclose(firsts[1], firsts[2]) and not np.allclose(firsts[0], firsts[1])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_residual_is_float32_on_a_half_precision_backbone(tiny_model_dir, dtype):
+    """It accumulates every round's step, so it lives in float32 like the LoRA factors (a half-precision residual
+    lost the exactness, and a bfloat16 one could not even become a numpy array on the server)."""
+    import torch
+
+    from fedtt_flwr.adapters import get_adapter_state
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.methods.build import build_model
+
+    model, _ = build_model(RunConfig(model=str(tiny_model_dir), method="fedex-lora", max_length=16, dtype=dtype))
+    state = get_adapter_state(model)
+    residuals = [n for n in state if n.endswith(".lora_residual")]
+    assert residuals and all(state[n].dtype == torch.float32 for n in residuals)
+    assert all(state[n].numpy().dtype == np.float32 for n in residuals)
+    with torch.no_grad():
+        for n in residuals:
+            dict(model.named_parameters())[n].fill_(0.01)
+        logits = model(input_ids=torch.tensor([[2, 5, 6, 3]])).logits
+    assert logits.dtype == getattr(torch, dtype) and torch.isfinite(logits).all()
+
+
+def test_adapters_off_leaves_the_residual_out_too(tiny_model_dir):
+    """The backbone alone: the residual is adapter state (a zero-shot baseline of a FedEx-LoRA or FLoRA run must
+    not carry what the federation learned)."""
+    import torch
+
+    from fedtt_flwr.adapters import adapters_off
+    from fedtt_flwr.config import RunConfig
+    from fedtt_flwr.methods.build import build_model
+
+    model, _ = build_model(RunConfig(model=str(tiny_model_dir), method="flora", max_length=16))
+    model.eval()
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "output_hidden_states": True}
+    with torch.no_grad(), adapters_off(model):
+        base = model(**batch).hidden_states[-1]
+    residuals = [p for n, p in model.named_parameters() if n.endswith(".lora_residual")]
+    with torch.no_grad():
+        for p in residuals:  # random: a constant one would vanish on LayerNorm's zero-mean outputs
+            p.normal_(std=0.5)
+        with adapters_off(model):
+            off = model(**batch).hidden_states[-1]
+        on = model(**batch).hidden_states[-1]
+    torch.testing.assert_close(off, base)
+    assert (on - base).abs().max() > 0.1, "outside adapters_off the residual counts again"

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
@@ -28,6 +28,8 @@ from test_strategies import global_record, numpy_client
 
 from fedtt_flwr.inprocess import InProcessGrid, over_the_wire
 from strategies import REPLY_KEY, FastFedAvg, FedTT, FedTTPlus, layout_digest
+from strategies.hetero import FedTTHetero
+from strategies.residual import FedLoRAResidual
 from strategies.wire import LAYOUT_PREFIX, format_layout, parse_layout
 
 COMMON = dict(min_train_nodes=4, min_available_nodes=4, fraction_evaluate=0.0)
@@ -283,8 +285,8 @@ CORRUPTIONS = [
 class FuzzGrid(InProcessGrid):
     """Honest numpy clients whose replies are corrupted on the way, as a hostile client would send them."""
 
-    def __init__(self, seed: int, packed: bool, num_nodes: int = 4) -> None:
-        super().__init__(numpy_client(), num_nodes)
+    def __init__(self, seed: int, packed: bool, num_nodes: int = 4, client=None) -> None:
+        super().__init__(client or numpy_client(), num_nodes)
         self.rng = random.Random(seed)
         self.packed = packed
         self.bad: dict[int, int] = {}  # round -> corruptions that must be rejected
@@ -298,11 +300,11 @@ class FuzzGrid(InProcessGrid):
         out = []
         for reply in replies:
             msg = sent[reply.metadata.src_node_id]
-            rnd = int(msg.content["config"]["server-round"])
-            options = [c for c in CORRUPTIONS if self.packed or not getattr(c[2], "packed_only", False)]
-            if msg.metadata.message_type != "train" or self.rng.random() < 0.4:
+            if msg.metadata.message_type != "train" or self.rng.random() < 0.4:  # a rank query has no round
                 out.append(reply)
                 continue
+            rnd = int(msg.content["config"]["server-round"])
+            options = [c for c in CORRUPTIONS if self.packed or not getattr(c[2], "packed_only", False)]
             name, bad, corrupt = self.rng.choice(options)
             if self.packed:  # what the client saw, for corruptions that need it
                 reply.content["config-seen"] = ConfigRecord(
@@ -341,6 +343,66 @@ def test_fuzz_no_bad_reply_crashes_stalls_or_changes_dtypes(inner, wrapper, pack
     grid = FuzzGrid(seed, packed)
     strategy = wrapper(INNERS[inner](), pack=packed)
     initial = global_record()
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=4, train_config=ConfigRecord())
+    _check_global(result.arrays, initial)
+    for rnd in range(1, 5):
+        stats = strategy.rounds[rnd]
+        assert stats["rejected"] == grid.bad.get(rnd, 0), (rnd, grid.applied)
+        assert stats["errors"] == grid.errors.get(rnd, 0)
+        if stats["replies"] > 0:
+            assert not stats.get("skipped"), stats.get("skip_reason")
+    assert sum(grid.bad.values()) > 0
+
+
+def lora_record(seed: int = 0) -> ArrayRecord:
+    """Two LoRA-adapted 6x5 matrices (rank 2) with their residuals, a head and a backbone tensor."""
+    rng = np.random.default_rng(seed)
+    arrays = {"backbone.embed.weight": rng.normal(size=(10, 4))}
+    for i in range(2):
+        arrays[f"enc.{i}.q.lora_A.default.weight"] = rng.normal(size=(2, 5))
+        arrays[f"enc.{i}.q.lora_B.default.weight"] = rng.normal(size=(6, 2))
+        arrays[f"enc.{i}.q.lora_residual"] = rng.normal(size=(6, 5))
+    arrays["classifier.weight"] = rng.normal(size=(2, 6))
+    return ArrayRecord({k: Array(v.astype(np.float32)) for k, v in arrays.items()})
+
+
+def ranked_client(ranks: dict[int, int]):
+    """``numpy_client`` that also answers the server's rank query, as a ClientApp of a declared rank does."""
+    inner = numpy_client()
+
+    def app(msg: Message, context) -> Message:
+        if msg.metadata.message_type == "query":
+            return Message(RecordDict({"m": MetricRecord({"adapter-rank": ranks[context.node_id]})}), reply_to=msg)
+        return inner(msg, context)
+
+    return app
+
+
+EXACT_AND_HETERO = {
+    "fedex": (lambda inner, pack: FedLoRAResidual(inner, include=_not_backbone(lora_record()), pack=pack,
+                                                  mode="fedex"), lora_record, None),
+    "flora": (lambda inner, pack: FedLoRAResidual(inner, include=_not_backbone(lora_record()), pack=pack,
+                                                  mode="flora"), lora_record, None),
+    "hetero-tt": (lambda inner, pack: FedTTHetero(inner, include=_not_backbone(global_record()), pack=pack),
+                  global_record, ranked_client({101: 1, 102: 2, 103: 3, 104: 2})),
+}
+
+
+def _not_backbone(record: ArrayRecord) -> list[str]:
+    return [n for n in record if not n.startswith("backbone.")]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
+@pytest.mark.parametrize("inner", ["fedavg", "fedprox"])
+@pytest.mark.parametrize("method", list(EXACT_AND_HETERO))
+def test_fuzz_the_exact_lora_and_mixed_rank_strategies(method, inner, packed):
+    """The same corruptions against FedEx-LoRA, FLoRA and heterogeneous TT ranks (their averaging servers)."""
+    make, record, client = EXACT_AND_HETERO[method]
+    seed = zlib.crc32(f"{method}/{inner}/{packed}".encode())
+    random.seed(seed)
+    grid = FuzzGrid(seed, packed, client=client)
+    strategy = make(INNERS[inner](), packed)
+    initial = record()
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=4, train_config=ConfigRecord())
     _check_global(result.arrays, initial)
     for rnd in range(1, 5):

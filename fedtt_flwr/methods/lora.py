@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters import head_param_names, norm_param_names
+from ..adapters import RESIDUAL_OFF, head_param_names, norm_param_names
 from .registry import Method
 
 PEFT_PREFIX = "base_model.model."
@@ -63,7 +63,9 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: boo
 
 
 def _add_residual(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output + nn.functional.linear(inputs[0].to(module.lora_residual.dtype), module.lora_residual)
+    if getattr(module, RESIDUAL_OFF, False):
+        return output
+    return output + nn.functional.linear(inputs[0].float(), module.lora_residual).to(output.dtype)
 
 
 def add_residuals(wrapped: nn.Module) -> nn.Module:
@@ -76,7 +78,9 @@ def add_residuals(wrapped: nn.Module) -> nn.Module:
     for name, module in wrapped.named_modules():
         base = getattr(module, "base_layer", None)
         if isinstance(module, LoraLayer) and isinstance(base, nn.Linear):
-            module.lora_residual = nn.Parameter(torch.zeros_like(base.weight), requires_grad=False)
+            # float32 whatever the backbone's dtype, like the LoRA factors: it accumulates every round's step
+            zeros = torch.zeros(base.weight.shape, dtype=torch.float32, device=base.weight.device)
+            module.lora_residual = nn.Parameter(zeros, requires_grad=False)
             module.register_forward_hook(_add_residual)
             names.append(f"{name}.lora_residual")
     if not names:
