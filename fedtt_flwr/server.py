@@ -247,7 +247,11 @@ def run_rounds(strategy: FedTT, grid: Grid, arrays: ArrayRecord, start: int, num
             arrays = aggregated
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         if messages:
-            strategy.aggregate_evaluate(server_round, exchange(grid, messages, timeout))
+            evaluated = exchange(grid, messages, timeout)
+            # counted like the strategy's bytes_down: with delta sync an update may travel here, not in train
+            strategy.rounds[server_round]["wire_bytes_down"] += sum(map(wire_bytes, messages))
+            strategy.rounds[server_round]["wire_bytes_up"] += sum(map(wire_bytes, evaluated))
+            strategy.aggregate_evaluate(server_round, evaluated)
         strategy.rounds[server_round]["round_s"] = time.perf_counter() - round_started  # without after_round
         after_round(server_round, arrays)
     return arrays

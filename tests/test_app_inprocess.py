@@ -38,6 +38,8 @@ def test_fedtt_run_writes_the_run_folder(tmp_path, tiny_model_dir, tiny_sst2_dir
     for x in lines[1:]:
         assert x["clients"] == 3 and x["replies"] == 3 and x["bytes_up"] > 0 and x["bytes_down"] > 0
         assert 0 <= x["accuracy"] <= 1 and x["train_loss"] > 0 and "fed_accuracy" in x
+        # Flower's own count of the same messages, federated evaluation included, is above the tensors' count
+        assert x["wire_bytes_down"] > x["bytes_down"] and x["wire_bytes_up"] > x["bytes_up"]
     assert lines[2]["total_bytes_up"] == lines[1]["bytes_up"] + lines[2]["bytes_up"]
     for x in lines[1:]:  # in-process clients run one after another: the round holds all their training
         assert x["round_s"] >= x["client_train_s_sum"] >= x["client_train_s_max"] > 0 and x["aggregate_s"] > 0
