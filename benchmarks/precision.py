@@ -52,13 +52,13 @@ def run_cell(method: str, precision: str, seed: int) -> dict:
     same = baselines.OUT / f"{baselines.key(TASK, method, seed)}.json"
     if precision == "float32" and same.exists():
         done = json.loads(same.read_text())
-        if _settings(done["run_config"]) == _settings(cfg):
+        if settings(done["run_config"]) == settings(cfg):
             return {**done, **head, "run_config": cfg, "reused": str(same.relative_to(RESULTS.parent.parent))}
     return {**head, **app_cell(cfg, baselines.CLIENTS, RUNS, PRESETS[TASK].metrics,
                                f".venv/bin/python -m benchmarks.precision --only {name}")}
 
 
-def _settings(cfg: dict) -> dict:
+def settings(cfg: dict) -> dict:
     """What decides a run's numbers: its run config without where it is written."""
     return {k: v for k, v in cfg.items() if k not in ("run-name", "output-dir")}
 
