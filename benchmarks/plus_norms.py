@@ -44,8 +44,11 @@ def run_cell(variant: str, seed: int) -> dict:
     method, overrides = VARIANTS[variant]
     if not overrides:  # the precision benchmark's float32 cell (run there if missing)
         path = precision.OUT / f"{precision.key(method, 'float32', seed)}.json"
-        result = json.loads(path.read_text()) if path.exists() else precision.run_cell(method, "float32", seed)
-        return {**result, "variant": variant, "reused": str(path.relative_to(RESULTS.parent.parent))}
+        if not path.exists():  # run as precision.py's cell and kept there, so that precision.py does not rerun it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(precision.run_cell(method, "float32", seed), indent=1))
+        reused = str(path.relative_to(RESULTS.parent.parent))
+        return {**json.loads(path.read_text()), "variant": variant, "reused": reused}
     name = key(variant, seed)
     from fedtt_flwr.data import default_data_dir
 
