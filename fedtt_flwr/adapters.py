@@ -22,9 +22,6 @@ from .config import TTAdapterConfig
 from .tt import TTLinear
 
 Position = Literal["input", "output"]
-#: set on a module while :func:`adapters_off` holds: FedEx-LoRA's and FLoRA's residual (``lora_residual``, added
-#: by a forward hook) is adapter state too and is left out with the LoRA factors
-RESIDUAL_OFF = "fedtt_residual_off"
 
 #: (regex on the module's full name, where the adapter goes), one list per family.
 ENCODER_RULES: tuple[tuple[str, Position], ...] = (
@@ -292,15 +289,8 @@ def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
     """The backbone alone for the duration (every TT/dense adapter's output scaled by 0; peft's own
     switch for LoRA): a decoder's zero-shot baseline. The task head, if any, stays as it is."""
     if hasattr(model, "disable_adapter"):
-        residuals = [m for m in model.modules() if hasattr(m, "lora_residual")]
-        for m in residuals:
-            setattr(m, RESIDUAL_OFF, True)
-        try:
-            with model.disable_adapter():
-                yield model
-        finally:
-            for m in residuals:
-                setattr(m, RESIDUAL_OFF, False)
+        with model.disable_adapter():  # FedEx-LoRA's and FLoRA's residual hooks follow this switch too
+            yield model
         return
     adapters = [m for m in model.modules() if isinstance(m, TTAdapter)]
     saved = [a.scaling for a in adapters]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters import RESIDUAL_OFF, head_param_names, norm_param_names
+from ..adapters import head_param_names, norm_param_names
 from .registry import Method
 
 PEFT_PREFIX = "base_model.model."
@@ -63,7 +63,7 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, freeze_a: boo
 
 
 def _add_residual(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    if getattr(module, RESIDUAL_OFF, False):
+    if module.disable_adapters:  # peft's switch (adapters_off): the residual is adapter state too
         return output
     return output + nn.functional.linear(inputs[0].float(), module.lora_residual).to(output.dtype)
 
