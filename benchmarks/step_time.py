@@ -7,9 +7,12 @@ first ``--batch`` training sentences, padded to the longest, at most ``--seq`` t
 whole network (the input embeddings' output requires grad): the backward work every method must do
 at least. Variants are interleaved and reported as medians with ratios; ``--profile`` adds where the
 TT step's time goes (torch.profiler, top operators by self CPU time; the adapters' own forward).
+Variants beyond the default four: ``tt-loop`` is TT with torch's per-parameter AdamW (the client's optimizer
+before it took the fused one). ``--random-tokens``: full ``--seq``-token batches of random tokens
+(classifiers only), the long-text case SST-2's short sentences do not show.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.step_time [--model minilm|smollm2-135m]
-        [--batch 32 --seq 128 --rounds 6 --reps 3] [--profile]
+        [--batch 32 --seq 128 --rounds 6 --reps 3] [--profile] [--random-tokens]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from fedtt_flwr.config import RunConfig
 from fedtt_flwr.data import default_data_dir, load_split
 from fedtt_flwr.methods import build_model, prompt_task
 from fedtt_flwr.models import pick_device
-from fedtt_flwr.train import make_loader, tokenize
+from fedtt_flwr.train import make_loader, make_optimizer, tokenize
 
 
 def strip_adapters(model: torch.nn.Module) -> torch.nn.Module:
@@ -41,7 +44,7 @@ def strip_adapters(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build(variant: str, model_name: str, device: torch.device):
-    method = {"tt": "fedtt", "tt-rebuild": "fedtt", "lora": "lora", "frozen": "fedtt"}[variant]
+    method = {"tt": "fedtt", "tt-rebuild": "fedtt", "tt-loop": "fedtt", "lora": "lora", "frozen": "fedtt"}[variant]
     cfg = RunConfig.from_flower({"model": model_name, "task": "sst2", "method": method})
     model, tokenizer = build_model(cfg)
     if variant == "tt-rebuild":  # "tt" is the default ("auto": contract where the shapes allow)
@@ -61,7 +64,9 @@ def build(variant: str, model_name: str, device: torch.device):
     else:
         params = [p for p in model.parameters() if p.requires_grad]
     model.to(device).train()
-    opt = torch.optim.AdamW(params, lr=1e-3) if params else None
+    opt = make_optimizer(params, "adamw", 1e-3) if params else None  # as the client builds it
+    if variant == "tt-loop":  # torch's per-parameter AdamW, the client's optimizer before it took the fused one
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=False)
     return model, tokenizer, cfg, opt, sum(p.numel() for p in params)
 
 
@@ -70,6 +75,15 @@ def real_batch(tokenizer, cfg: RunConfig, size: int, seq: int, device: torch.dev
     loader = make_loader(tokenize(data, tokenizer, seq, prompt_task(cfg)), tokenizer, size, shuffle=False,
                          prompt_task=prompt_task(cfg))
     return {k: v.to(device) for k, v in next(iter(loader)).items()}
+
+
+def random_batch(tokenizer, size: int, seq: int, device: torch.device) -> dict:
+    """``size`` sequences of ``seq`` random tokens, none padded: the full-length batches a long-text task trains
+    on (SST-2's sentences pad to ~34 tokens), with random binary labels."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(len(tokenizer), (size, seq), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "labels": torch.randint(2, (size,), generator=g).to(device)}
 
 
 def profile_tt(model, opt, batch, steps: int = 5) -> dict:
@@ -112,13 +126,19 @@ def main() -> None:
     ap.add_argument("--variants", default="frozen,tt,lora,tt-rebuild")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--random-tokens", action="store_true",
+                    help="full --seq-token batches of random tokens instead of SST-2 sentences (classifiers only)")
     args = ap.parse_args()
     device = pick_device(args.device)
     torch.manual_seed(0)
     fns, trainable, models, batch = {}, {}, {}, None
     for variant in args.variants.split(","):
         model, tokenizer, cfg, opt, trainable[variant] = build(variant, args.model, device)
-        batch = batch if batch is not None else real_batch(tokenizer, cfg, args.batch, args.seq, device)
+        if args.random_tokens and hasattr(model, "lm"):  # a decoder's CandidateScorer needs its prompt layout
+            ap.error(f"--random-tokens builds a classifier batch; {args.model} trains as a decoder scorer")
+        if batch is None:
+            batch = (random_batch(tokenizer, args.batch, args.seq, device) if args.random_tokens
+                     else real_batch(tokenizer, cfg, args.batch, args.seq, device))
         models[variant] = (model, opt)
 
         def step(model=model, opt=opt, batch=batch):
@@ -138,7 +158,7 @@ def main() -> None:
               list(batch["input_ids"].shape), "trainable_params": trainable, "timings": timings}
     med = {k: v["median_s"] for k, v in timings.items()}
     result["ratios"] = {f"{a}/{b}": round(med[a] / med[b], 4) for a, b in
-                        (("tt", "lora"), ("tt", "frozen"), ("lora", "frozen"), ("tt-rebuild", "tt"))
+                        (("tt", "lora"), ("tt", "frozen"), ("lora", "frozen"), ("tt-rebuild", "tt"), ("tt-loop", "tt"))
                         if a in med and b in med}
     if args.profile and "tt" in models:
         result["tt_profile"] = profile_tt(*models["tt"], batch=batch)
@@ -148,7 +168,8 @@ def main() -> None:
         print(f"{k}: {v}")
     if "tt_profile" in result:
         print(result["tt_profile"])
-    print("wrote", write_result(f"step_time_{args.model}_{device.type}", result))
+    name = f"step_time_{args.model}{'_random' if args.random_tokens else ''}_{device.type}"
+    print("wrote", write_result(name, result))
 
 
 if __name__ == "__main__":
