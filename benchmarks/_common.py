@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,7 +137,19 @@ def app_cell(cfg: dict, clients: int, runs: Path, metrics: tuple[str, ...], comm
             "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
                       for x in lines],
             "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
-            "command": command}
+            "command": command, "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it): what a cell ran."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent.parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=RESULTS.parent.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def mb_axis(ax, ylabel: str, title: str) -> None:
@@ -153,13 +167,16 @@ def save_plot(fig, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def mb_to_level(result: dict, reference: dict | None, metric: str, margin: float = 0.01) -> str:
-    """Cumulative uplink MB at which ``result``'s curve first reaches ``reference``'s final ``metric`` minus
-    ``margin``; "-" without a reference value, "not reached" if it never does."""
+def mb_to_level(result: dict, reference: dict | None, metric: str, margin: float = 0.01, down: bool = False) -> str:
+    """Cumulative uplink MB (with ``down``: uplink plus downlink) at which ``result``'s curve first reaches
+    ``reference``'s final ``metric`` minus ``margin``; "-" without a reference value, "not reached" if it never
+    does."""
     if reference is None or reference["final"].get(metric) is None:
         return "-"
     level = reference["final"][metric] - margin
-    hit = next((p["mb_up"] for p in result["curve"] if p.get(metric, -1) >= level), None)
+    sent = [0.0, *itertools.accumulate(result["bytes_down_per_round"])]  # by round; round 0 sent nothing
+    hit = next((p["mb_up"] + (sent[p["round"]] / 1e6 if down else 0.0) for p in result["curve"]
+                if p.get(metric) is not None and p[metric] >= level), None)
     return f"{hit:.2f}" if hit is not None else "not reached"
 
 

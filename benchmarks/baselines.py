@@ -18,6 +18,7 @@ round both ways, MB to LoRA's final level minus one point) and the plot into doc
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -78,32 +79,61 @@ def run_cell(task: str, method: str, seed: int) -> dict:
                        f".venv/bin/python -m benchmarks.baselines --only {name}")}
 
 
+def majority_level(task: str) -> dict[str, float]:
+    """The dev metrics of a model that answers the training majority's class to everything (no learning)."""
+    import numpy as np
+
+    from fedtt_flwr.data import default_data_dir, load_split
+    from fedtt_flwr.tasks import PRESETS, compute_metrics
+
+    majority = np.bincount(np.asarray(load_split(task, "train", default_data_dir())["label"])).argmax()
+    labels = np.asarray(load_split(task, "dev", default_data_dir())["label"])
+    return compute_metrics(PRESETS[task], np.full_like(labels, majority), labels)
+
+
+def largest_drop(result: dict, metric: str) -> float:
+    """The largest fall of the dev metric from one round to the next after round 1, in points."""
+    values = [p[metric] for p in result["curve"] if p.get(metric) is not None and p["round"] >= 1]
+    return 100 * max([0.0, *(a - b for a, b in itertools.pairwise(values))])
+
+
 def report() -> None:
-    """Per task and method: final dev metric (mean and range over the seeds there are), uplink and downlink MB per
-    round (5 clients), and the MB each seed sent to reach that seed's LoRA final level minus one point."""
+    """Per task and method: final dev metrics (mean and range over the seeds there are), the best round, the
+    largest round-to-round drop, uplink and downlink MB per round (summed over the 5 sampled clients), and the MB
+    each seed sent (uplink; uplink and downlink) to reach that seed's LoRA final level minus one point."""
     results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
     if not results:
         print("no finished cells yet")
         return
     from fedtt_flwr.tasks import PRESETS
 
-    rows = ["| task | method | seeds | final dev (mean, min-max) | up MB / round | down MB / round "
-            "| MB to LoRA's final - 1 pt (per seed) |", "|---|---|---|---|---|---|---|"]
+    rows = ["| task | method | seeds | final dev (mean, min-max) | best round (mean) | largest drop, pts (worst seed) "
+            "| up MB / round | down MB / round | MB up to LoRA's final - 1 pt (per seed) | MB up + down to it |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     lora = {(r["task"], r["seed"]): r for r in results if r["method"] == "lora"}
-    order = methods()
     for task in TASKS:
-        metric = PRESETS[task].metrics[0]
-        for method in order:
+        metric, *others = PRESETS[task].metrics
+        trivial = majority_level(task)
+        rows.append(f"| {task} | majority class, no training | - | "
+                    + "; ".join(f"{m} {100 * trivial[m]:.1f}" for m in (metric, *others)) + " | | | | | | |")
+        for method in methods():
             mine = sorted((r for r in results if r["task"] == task and r["method"] == method), key=lambda r: r["seed"])
             if not mine:
                 continue
             finals = [100 * r["final"][metric] for r in mine if r["final"].get(metric) is not None]
-            to_level = [mb_to_level(r, lora.get((task, r["seed"])), metric) for r in mine]
-            up = statistics.mean(sum(r["bytes_up_per_round"]) / len(r["bytes_up_per_round"]) for r in mine) / 1e6
-            down = statistics.mean(sum(r["bytes_down_per_round"]) / len(r["bytes_down_per_round"]) for r in mine) / 1e6
             final = (f"{metric} {statistics.mean(finals):.1f} ({min(finals):.1f}-{max(finals):.1f})" if finals else "-")
-            rows.append(f"| {task} | {method} | {','.join(str(r['seed']) for r in mine)} | {final} | {up:.3f} | "
-                        f"{down:.3f} | {' / '.join(to_level)} |")
+            for m in others:
+                vals = [100 * r["final"][m] for r in mine if r["final"].get(m) is not None]
+                final += f"; {m} {statistics.mean(vals):.1f}" if vals else ""
+            best = statistics.mean(100 * max(p[metric] for p in r["curve"] if p.get(metric) is not None) for r in mine)
+            drop = max(largest_drop(r, metric) for r in mine)
+            up = statistics.mean(statistics.mean(r["bytes_up_per_round"]) for r in mine) / 1e6
+            down = statistics.mean(statistics.mean(r["bytes_down_per_round"]) for r in mine) / 1e6
+            ref = [lora.get((task, r["seed"])) for r in mine]
+            to_level = " / ".join(mb_to_level(r, x, metric) for r, x in zip(mine, ref, strict=True))
+            both = " / ".join(mb_to_level(r, x, metric, down=True) for r, x in zip(mine, ref, strict=True))
+            rows.append(f"| {task} | {method} | {','.join(str(r['seed']) for r in mine)} | {final} | {best:.1f} | "
+                        f"{drop:.1f} | {up:.3f} | {down:.3f} | {to_level} | {both} |")
     table = "\n".join(rows)
     (OUT / "table.md").write_text(table + "\n")
     _plot(results)
@@ -111,6 +141,8 @@ def report() -> None:
 
 
 def _plot(results: list[dict]) -> None:
+    """Mean dev metric over the seeds against cumulative uplink MB (the same every seed for the uniform methods;
+    the mean over the seeds for FedTT+ and the heterogeneous runs, whose bytes follow the sampled clients)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,12 +153,19 @@ def _plot(results: list[dict]) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4))
     for ax, task in zip(axes, TASKS, strict=True):
         metric = PRESETS[task].metrics[0]
+        seeds = set()
         for method in methods():
-            runs = [r for r in results if r["task"] == task and r["method"] == method and r["seed"] == 0]
-            for r in runs:
-                pts = [(p["mb_up"], p[metric]) for p in r["curve"] if metric in p]
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method)
-        mb_axis(ax, f"dev {metric}", f"{task} (MiniLM, 10 clients, Dir(0.5), seed 0)")
+            runs = [r for r in results if r["task"] == task and r["method"] == method]
+            if not runs:
+                continue
+            seeds.update(r["seed"] for r in runs)
+            rounds = min(len(r["curve"]) for r in runs)
+            xs = [statistics.mean(r["curve"][i]["mb_up"] for r in runs) for i in range(rounds)]
+            ys = [statistics.mean(r["curve"][i].get(metric) or 0.0 for r in runs) for i in range(rounds)]
+            ax.plot(xs, ys, marker="o", ms=3, label=f"{method} ({len(runs)})")
+        ax.axhline(majority_level(task)[metric], color="grey", lw=0.8, ls=":", label="majority class")
+        mb_axis(ax, f"dev {metric}, mean over seeds",
+                f"{task} (MiniLM, 10 clients, Dir(0.5), seeds {','.join(map(str, sorted(seeds)))})")
         ax.legend(fontsize=7)
     save_plot(fig, DOC.parent / "img" / "baselines.png")
 
