@@ -127,6 +127,7 @@ def app_cell(cfg: dict, clients: int, runs: Path, metrics: tuple[str, ...], comm
 
     folder = runs / cfg["run-name"]
     shutil.rmtree(folder, ignore_errors=True)
+    commit = _commit()  # the code this process runs was read at its start: as close as it gets
     t0 = time.perf_counter()
     run_inprocess({**cfg, "output-dir": str(runs)}, clients)
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -137,7 +138,7 @@ def app_cell(cfg: dict, clients: int, runs: Path, metrics: tuple[str, ...], comm
             "curve": [{"round": x["round"], "mb_up": x["total_bytes_up"] / 1e6, **{m: x[m] for m in metrics if m in x}}
                       for x in lines],
             "final": {m: lines[-1].get(m) for m in metrics}, "wall_s": round(time.perf_counter() - t0, 1),
-            "command": command, "commit": _commit()}
+            "command": command, "commit": commit}
 
 
 def _commit() -> str | None:

@@ -40,11 +40,18 @@ HETERO = {"fedtt-hetero": {"method": "fedtt", "rank": 8, "node-ranks": "2,5,8"},
 
 
 def methods() -> tuple[str, ...]:
-    """Every registered method scored by the server's dev metric (a personalised method is scored on its nodes,
-    not comparable here), then the heterogeneous FedTT."""
+    """Every registered method, then the heterogeneous block."""
     from fedtt_flwr.methods import all_methods
 
-    return (*(m.name for m in all_methods() if not m.personal), *HETERO)
+    return (*(m.name for m in all_methods()), *HETERO)
+
+
+def personal(method: str) -> bool:
+    """A personalised method (FedSA-LoRA) has no one global model: each node scores its own on its IID share of
+    dev (federated evaluation of all 10 nodes every round; the shares together are the whole dev set)."""
+    from fedtt_flwr.methods import get_method
+
+    return method not in HETERO and get_method(method).personal
 
 
 def cells(seeds: tuple[int, ...] = (0, 1, 2)) -> list[tuple[str, str, int]]:
@@ -74,9 +81,15 @@ def run_cell(task: str, method: str, seed: int) -> dict:
     done = json.loads(twin.read_text()) if task == precision.TASK and twin.exists() else {}
     if done and "reused" not in done and precision.settings(done["run_config"]) == precision.settings(cfg):
         return {**done, **head, "run_config": cfg, "reused": str(twin.relative_to(RESULTS.parent.parent))}
-    return {**head,
-            **app_cell(cfg, CLIENTS, RUNS, PRESETS[task].metrics,
-                       f".venv/bin/python -m benchmarks.baselines --only {name}")}
+    command = f".venv/bin/python -m benchmarks.baselines --only {name}"
+    if not personal(method):
+        return {**head, **app_cell(cfg, CLIENTS, RUNS, PRESETS[task].metrics, command)}
+    # the nodes' metrics (fed_*) under the plain names, so that the table and plot read them like the others
+    cell = app_cell(cfg, CLIENTS, RUNS, tuple(f"fed_{m}" for m in PRESETS[task].metrics), command)
+    plain = {f"fed_{m}": m for m in PRESETS[task].metrics}
+    cell["curve"] = [{plain.get(k, k): v for k, v in p.items()} for p in cell["curve"]]
+    cell["final"] = {plain[k]: v for k, v in cell["final"].items()}
+    return {**head, **cell, "scored_on": "nodes"}
 
 
 def majority_level(task: str) -> dict[str, float]:
@@ -132,7 +145,8 @@ def report() -> None:
             ref = [lora.get((task, r["seed"])) for r in mine]
             to_level = " / ".join(mb_to_level(r, x, metric) for r, x in zip(mine, ref, strict=True))
             both = " / ".join(mb_to_level(r, x, metric, down=True) for r, x in zip(mine, ref, strict=True))
-            rows.append(f"| {task} | {method} | {','.join(str(r['seed']) for r in mine)} | {final} | {best:.1f} | "
+            label = f"{method} (scored on the nodes)" if personal(method) else method
+            rows.append(f"| {task} | {label} | {','.join(str(r['seed']) for r in mine)} | {final} | {best:.1f} | "
                         f"{drop:.1f} | {up:.3f} | {down:.3f} | {to_level} | {both} |")
     table = "\n".join(rows)
     (OUT / "table.md").write_text(table + "\n")
@@ -159,10 +173,12 @@ def _plot(results: list[dict]) -> None:
             if not runs:
                 continue
             seeds.update(r["seed"] for r in runs)
-            rounds = min(len(r["curve"]) for r in runs)
-            xs = [statistics.mean(r["curve"][i]["mb_up"] for r in runs) for i in range(rounds)]
-            ys = [statistics.mean(r["curve"][i].get(metric) or 0.0 for r in runs) for i in range(rounds)]
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{method} ({len(runs)})")
+            points = []
+            for i in range(min(len(r["curve"]) for r in runs)):  # rounds every seed evaluated (nodes: from round 1)
+                at = [r["curve"][i] for r in runs if r["curve"][i].get(metric) is not None]
+                if len(at) == len(runs):
+                    points.append((statistics.mean(p["mb_up"] for p in at), statistics.mean(p[metric] for p in at)))
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"{method} ({len(runs)})")
         ax.axhline(majority_level(task)[metric], color="grey", lw=0.8, ls=":", label="majority class")
         mb_axis(ax, f"dev {metric}, mean over seeds",
                 f"{task} (MiniLM, 10 clients, Dir(0.5), seeds {','.join(map(str, sorted(seeds)))})")
