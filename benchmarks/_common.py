@@ -174,7 +174,7 @@ def mb_to_level(result: dict, reference: dict | None, metric: str, margin: float
     does."""
     if reference is None or reference["final"].get(metric) is None:
         return "-"
-    level = reference["final"][metric] - margin
+    level = reference["final"][metric] - margin - 1e-9  # a metric exactly at the level reaches it
     sent = [0.0, *itertools.accumulate(result["bytes_down_per_round"])]  # by round; round 0 sent nothing
     hit = next((p["mb_up"] + (sent[p["round"]] / 1e6 if down else 0.0) for p in result["curve"]
                 if p.get(metric) is not None and p[metric] >= level), None)

@@ -72,3 +72,21 @@ def test_a_dead_runners_claim_is_taken_over_and_a_live_one_respected(tmp_path, c
     (tmp_path / "stale.json").write_text(json.dumps({"pid": -1, "wall_s": 0}))
     run_cells([("stale",)], _key, tmp_path, _cell, "t")
     assert json.loads((tmp_path / "stale.json").read_text())["pid"] == -1, "a finished cell is not rerun"
+
+
+def test_mb_to_level_counts_the_round_that_reaches_the_level_and_optionally_the_downlink():
+    """The MB a run sent up to and including the first round whose metric reaches the reference's final minus one
+    point; with ``down`` the downlink of those rounds too. Rounds without the metric (a personalised method's
+    round 0) never count as reaching it."""
+    from benchmarks._common import mb_to_level
+
+    run = {"curve": [{"round": 0, "mb_up": 0.0}, {"round": 1, "mb_up": 1.0, "accuracy": 0.70},
+                     {"round": 2, "mb_up": 2.0, "accuracy": 0.79}, {"round": 3, "mb_up": 3.0, "accuracy": 0.75}],
+           "bytes_down_per_round": [5e6, 5e6, 5e6]}
+    reference = {"final": {"accuracy": 0.80}}
+    assert mb_to_level(run, reference, "accuracy") == "2.00"  # 0.79 is 0.80 - 0.01 up to float rounding
+    assert mb_to_level(run, {"final": {"accuracy": 0.76}}, "accuracy") == "2.00"  # 0.70 misses 0.75
+    assert mb_to_level(run, reference, "accuracy", down=True) == "12.00"  # 2 MB up + 2 rounds of 5 MB down
+    assert mb_to_level(run, {"final": {"accuracy": 0.90}}, "accuracy") == "not reached"
+    assert mb_to_level(run, None, "accuracy") == "-"
+    assert mb_to_level(run, {"final": {"accuracy": None}}, "accuracy") == "-"
