@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field, field_validator
 from transformers import get_linear_schedule_with_warmup
 
@@ -19,7 +20,7 @@ from .methods.build import build_model, prompt_task
 from .methods.registry import get_method
 from .models import pick_device
 from .tasks import CUSTOM, task_of
-from .train import cycle, evaluate, make_loader, make_optimizer, tokenize, train_steps
+from .train import cycle, evaluate, make_loader, tokenize, train_steps
 
 
 class FinetuneConfig(RunConfig):
@@ -71,8 +72,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                              prompt_task=prompts)
     steps = math.ceil(cfg.epochs * len(train_loader))
     lr = AUTO_LR["adamw"] if cfg.lr == "auto" else cfg.lr  # centralized runs always train with AdamW, never DP
-    # weight decay 0.01: torch's AdamW default, with which the centralized numbers were measured
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], "adamw", lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * steps), steps)
     print(f"fine-tuning {cfg.model} ({cfg.method}) on {cfg.task}: {len(train)} examples, {steps} steps, "
           f"device {device}", flush=True)

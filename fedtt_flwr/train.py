@@ -180,26 +180,15 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-_FUSED_DEVICES = ("cpu", "cuda")
-
-
 def make_optimizer(params: list[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0,
                    momentum: float = 0.9) -> torch.optim.Optimizer:
     """The local optimizer: AdamW, or SGD with momentum. Under DP-SGD the noise reaches every coordinate,
-    and Adam's per-coordinate normalisation turns pure noise into full-size steps; SGD scales it by lr.
-
-    Fused where the device has the kernels: otherwise torch steps on CPU parameter by parameter in Python, ~30
-    tensor ops for each of a TT model's hundreds of small cores (SmolLM2-135M: 900 tensors; the fused step is
-    bit-identical on CPU)."""
+    and Adam's per-coordinate normalisation turns pure noise into full-size steps; SGD scales it by lr."""
     if name == "adamw":
-        cls, kwargs = torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}
-    elif name == "sgd":
-        cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-    else:
-        raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
-    params = list(params)
-    fused = all(p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in params)
-    return cls(params, fused=fused or None, **kwargs)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: use adamw or sgd")
 
 
 def label_prior_shift(labels, num_classes: int, tau: float) -> torch.Tensor | None:

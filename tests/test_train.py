@@ -88,33 +88,6 @@ def test_make_optimizer_builds_adamw_or_sgd_with_momentum():
         make_optimizer(p, "lion", 1e-3)
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd"])
-def test_make_optimizer_takes_the_fused_step_and_matches_the_per_parameter_one(name):
-    """The fused kernels (one call for all of a TT model's small cores, not ~30 Python-level ops each) must
-    step exactly like torch's reference implementation with the same settings."""
-    import torch
-
-    from fedtt_flwr.train import make_optimizer
-
-    torch.manual_seed(0)
-    start = [torch.randn(5, 3) for _ in range(4)]
-    fused = [torch.nn.Parameter(t.clone()) for t in start]
-    plain = [torch.nn.Parameter(t.clone()) for t in start]
-    opt = make_optimizer(fused, name, 0.05, weight_decay=0.1, momentum=0.8)
-    assert opt.defaults["fused"] is True
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
-    extra = {"momentum": 0.8} if name == "sgd" else {}
-    ref = cls(plain, lr=0.05, weight_decay=0.1, foreach=False, **extra)
-    for _ in range(4):
-        grads = [torch.randn(5, 3) for _ in start]
-        for o, params in ((opt, fused), (ref, plain)):
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g.clone()
-            o.step()
-    for a, b in zip(fused, plain, strict=True):
-        torch.testing.assert_close(a, b)
-
-
 class _PriorOnly(torch.nn.Module):
     """A classifier that cannot read its input: its logits are one learnable bias vector, so training can
     only fit the label prior it sees."""
